@@ -1,0 +1,127 @@
+"""The `av2t` command: the outermost face of the pipeline. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+# Nothing here may reach a model hub: weights and tokenizers come from local files only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _cmd_synth(a: argparse.Namespace) -> int:
+    from pipeline.data.synth import write_synthetic
+
+    counts = write_synthetic(a.out, a.subset, videos=a.videos, seed=a.seed)
+    print(f"wrote synthetic {a.subset} to {a.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _cmd_data_check(a: argparse.Namespace) -> int:
+    from pipeline.data.check import check_tree
+
+    report = check_tree(a.root, a.subset, workers=a.workers, progress=not a.json and sys.stderr.isatty())
+    print(json.dumps(report.to_json(), indent=2) if a.json else report.to_text())
+    return 0 if report.ok else 1
+
+
+def _cmd_cache_info(a: argparse.Namespace) -> int:
+    from cache.info import info_text, store_info
+    from cache.store import FeatureStore
+
+    info = store_info(FeatureStore(a.store, mode="r"))
+    print(json.dumps(info, indent=2) if a.json else info_text(info))
+    return 0
+
+
+def _groups(spec: list[str] | None) -> list[tuple[str, str]] | None:
+    if not spec:
+        return None
+    out = []
+    for s in spec:
+        subset, _, split = s.partition("/")
+        if not split:
+            raise SystemExit(f"--group takes SUBSET/SPLIT (e.g. s4/train), got {s!r}")
+        out.append((subset, split))
+    return out
+
+
+def _cmd_cache_export(a: argparse.Namespace) -> int:
+    from cache.hdf5 import export_h5
+    from cache.store import FeatureStore
+
+    written = export_h5(FeatureStore(a.store, mode="r"), a.h5, _groups(a.group))
+    print(f"exported {', '.join(written) or 'nothing'} to {a.h5}")
+    return 0
+
+
+def _cmd_cache_import(a: argparse.Namespace) -> int:
+    from cache.hdf5 import import_h5
+    from cache.store import FeatureStore
+
+    done = import_h5(FeatureStore(a.store, mode="a"), a.h5, overwrite=a.overwrite)
+    print(f"imported {', '.join(done) or 'nothing'} into {a.store}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(prog="av2t", description="AV2T-SAM audio-visual segmentation pipeline")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic AVSBench tree (official layout)")
+    s.add_argument("--out", required=True, type=Path, help="AVSBench root to write")
+    s.add_argument("--subset", required=True, choices=["s4", "ms3"])
+    s.add_argument("--videos", type=int, default=24, help="total videos, split ~70/15/15 (default 24)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_synth)
+
+    data = sub.add_parser("data", help="AVSBench data tools").add_subparsers(
+        dest="data_command", required=True
+    )
+    c = data.add_parser("check", help="validate an AVSBench tree: counts per split and every problem")
+    c.add_argument("--root", required=True, type=Path)
+    c.add_argument("--subset", required=True, choices=["s4", "ms3"])
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--workers", type=int, default=8, help="decode threads")
+    c.set_defaults(func=_cmd_data_check)
+
+    cache = sub.add_parser("cache", help="feature store tools").add_subparsers(
+        dest="cache_command", required=True
+    )
+    i = cache.add_parser("info", help="groups, encoders, fingerprints, rows done, bytes, compression")
+    i.add_argument("store", help="store path or fsspec URL")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_cache_info)
+    e = cache.add_parser("export", help="write split groups to HDF5, bit-exact")
+    e.add_argument("store")
+    e.add_argument("--h5", required=True, type=Path)
+    e.add_argument("--group", action="append", help="SUBSET/SPLIT; repeat; default all")
+    e.set_defaults(func=_cmd_cache_export)
+    im = cache.add_parser("import", help="read split groups from an exported HDF5 file into a store")
+    im.add_argument("store")
+    im.add_argument("--h5", required=True, type=Path)
+    im.add_argument("--overwrite", action="store_true", help="replace groups that exist")
+    im.set_defaults(func=_cmd_cache_import)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `av2t` console script."""
+    from cache.store import StoreError
+    from pipeline.data.clips import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, StoreError) as e:
+        print(f"av2t: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

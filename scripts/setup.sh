@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install av2t and its stack into the active virtualenv, or into ./.venv when none is active.
+# Idempotent: a stamp keyed on this script and pyproject.toml skips work already done.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  venv="$VIRTUAL_ENV"
+else
+  venv="$here/.venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+fi
+py="$venv/bin/python"
+
+stamp="$venv/.av2t-setup-$(cat scripts/setup.sh pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+
+pip() { "$py" -m pip "$@"; }
+# Every step is constrained to the CPU torch, also inside isolated build environments:
+# an unconstrained resolve pulls a CUDA torch and several GB of nvidia wheels.
+export PIP_CONSTRAINT="$here/constraints.txt"
+pip install -q --upgrade pip wheel setuptools
+pip install -q "torch==2.13.0"
+# Stale pins: laion-clap 1.1.7 pins numpy<2 (runs on 2.x), torchscale pins an old timm/fairscale.
+pip install -q --no-deps "laion-clap==1.1.7" "torchscale==0.3.0" "fairscale==0.4.13"
+# sam2 compiles an optional CUDA extension unless told not to; build against the torch we have.
+SAM2_BUILD_CUDA=0 pip install -q --no-build-isolation "sam2==1.1.0"
+pip install -q -e ".[dev]"
+touch "$stamp"
