@@ -1,0 +1,220 @@
+"""Validate an AVSBench v1 tree (`av2t data check`): count what is there, collect every problem."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.data import layout
+from pipeline.data.audio import read_wav
+from pipeline.data.clips import Clip, DataError, MetaRow, clip_from_row, read_meta
+from pipeline.data.images import load_frame, load_mask
+from pipeline.data.layout import SPLITS, SUBSETS, Subset
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One problem with one file or folder (or the CSV)."""
+
+    path: str
+    problem: str
+
+
+@dataclass
+class SplitCounts:
+    """What exists for one split."""
+
+    videos: int = 0
+    frames: int = 0
+    annotated_frames: int = 0
+
+
+@dataclass
+class CheckReport:
+    """Counts per split and every problem found, sorted by path then problem."""
+
+    subset: str
+    splits: dict[str, SplitCounts]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def to_json(self) -> dict:
+        """Plain-JSON form: subset, per-split counts, problems."""
+        return {
+            "subset": self.subset,
+            "splits": {name: asdict(counts) for name, counts in self.splits.items()},
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+    def to_text(self) -> str:
+        """Human-readable table of counts, one line per problem, then 'OK' or the problem count."""
+        lines = [f"subset {self.subset}", f"{'split':<8}{'videos':>8}{'frames':>10}{'annotated':>11}"]
+        for name, c in self.splits.items():
+            lines.append(f"{name:<8}{c.videos:>8}{c.frames:>10}{c.annotated_frames:>11}")
+        lines += [f"{p.path}: {p.problem}" for p in self.problems]
+        n = len(self.problems)
+        lines.append("OK" if n == 0 else f"{n} problem{'s' if n != 1 else ''}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _ClipResult:
+    """Outcome of checking one clip's files."""
+
+    split: str
+    frames: int
+    annotated_frames: int
+    problems: list[Problem]
+
+
+def _problem(path: Path, message: str) -> Problem:
+    """A Problem for `path`; drops the 'path: ' prefix our DataErrors carry so it is not printed twice."""
+    prefix = f"{path}: "
+    return Problem(str(path), message[len(prefix) :] if message.startswith(prefix) else message)
+
+
+def _zero_splits() -> dict[str, SplitCounts]:
+    """Every official split with zero counts."""
+    return {s: SplitCounts() for s in SPLITS}
+
+
+def _check_rows(csv: Path, rows: list[MetaRow]) -> tuple[list[MetaRow], list[Problem]]:
+    """CSV-level checks: unknown splits, empty names, duplicate names in a split. Returns the usable rows."""
+    problems: list[Problem] = []
+    usable: list[MetaRow] = []
+    first_line: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row.split not in SPLITS:
+            problems.append(_problem(csv, f"line {row.line}: unknown split value {row.split!r}"))
+            continue
+        if not row.name:
+            problems.append(_problem(csv, f"line {row.line}: empty video name"))
+            continue
+        key = (row.split, row.name)
+        if key in first_line:
+            msg = f"line {row.line}: duplicate video name {row.name!r} in split {row.split!r}"
+            problems.append(_problem(csv, f"{msg} (first on line {first_line[key]})"))
+        else:
+            first_line[key] = row.line
+        usable.append(row)
+    return usable, problems
+
+
+def _check_frames(clip: Clip, problems: list[Problem]) -> tuple[int, dict[int, tuple[int, int]]]:
+    """Check the frame folder and PNGs; returns how many exist and the (w, h) of each decoded frame."""
+    folder = clip.frame_paths[0].parent
+    if not folder.is_dir():
+        # One problem for the folder instead of five for its frames.
+        problems.append(_problem(folder, "frame folder not found"))
+        return 0, {}
+    found, sizes = 0, {}
+    for k, path in zip(clip.frames, clip.frame_paths, strict=True):
+        if not path.is_file():
+            problems.append(_problem(path, "missing frame"))
+            continue
+        found += 1
+        try:
+            h, w = load_frame(path).shape[:2]
+            sizes[k] = (w, h)
+        except DataError as e:
+            problems.append(_problem(path, str(e)))
+    return found, sizes
+
+
+def _check_masks(clip: Clip, frame_sizes: dict[int, tuple[int, int]], problems: list[Problem]) -> int:
+    """Check the annotated frames' masks (presence, decoding, size); returns how many exist."""
+    paths = [(k, p) for k, p in zip(clip.frames, clip.mask_paths, strict=True) if p is not None]
+    if not paths:
+        return 0
+    folder = paths[0][1].parent
+    if not folder.is_dir():
+        problems.append(_problem(folder, "mask folder not found"))
+        return 0
+    found = 0
+    for k, path in paths:
+        if not path.is_file():
+            problems.append(_problem(path, "missing mask"))
+            continue
+        found += 1
+        try:
+            h, w = load_mask(path).shape
+        except DataError as e:
+            problems.append(_problem(path, str(e)))
+            continue
+        # Without a readable frame to compare with, the official size is the reference.
+        want = frame_sizes.get(k, layout.FRAME_SIZE)
+        if (w, h) != want:
+            problems.append(_problem(path, f"mask size {w}x{h} differs from frame size {want[0]}x{want[1]}"))
+    return found
+
+
+def _check_audio(clip: Clip, problems: list[Problem]) -> None:
+    """Check the WAV exists, decodes and has samples (stereo and short clips are legal)."""
+    path = clip.audio_path
+    if not path.is_file():
+        problems.append(_problem(path, "missing WAV"))
+        return
+    try:
+        read_wav(path)
+    except DataError as e:
+        problems.append(_problem(path, str(e)))
+
+
+def _check_clip(clip: Clip) -> _ClipResult:
+    """All file checks of one clip; runs in a worker thread."""
+    problems: list[Problem] = []
+    frames, sizes = _check_frames(clip, problems)
+    masks = _check_masks(clip, sizes, problems)
+    _check_audio(clip, problems)
+    return _ClipResult(clip.split, frames, masks, problems)
+
+
+def _unique_clips(root: Path, subset: Subset, rows: Iterable[MetaRow]) -> list[Clip]:
+    """Clips of the usable rows, each set of files once (a duplicated row would repeat every problem)."""
+    seen: set[tuple[str, Path]] = set()
+    clips = []
+    for row in rows:
+        clip = clip_from_row(root, subset, row)
+        key = (clip.split, clip.frame_paths[0])
+        if key not in seen:
+            seen.add(key)
+            clips.append(clip)
+    return clips
+
+
+def _run(clips: list[Clip], workers: int, progress: bool) -> Iterator[_ClipResult]:
+    """Check clips in a thread pool (PIL and libsndfile release the GIL while decoding)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(_check_clip, clips)
+        yield from tqdm(results, total=len(clips), disable=not progress, file=sys.stderr, unit="video")
+
+
+def check_tree(root: str | Path, subset: Subset, workers: int = 8, progress: bool = False) -> CheckReport:
+    """Validate one subset of an AVSBench v1 tree; never stops at the first problem."""
+    if subset not in SUBSETS:
+        raise DataError(f"unknown subset {subset!r}; expected one of {SUBSETS}")
+    # absolute() (not resolve()) so reported paths are full but keep the user's symlinks.
+    root = Path(root).expanduser().absolute()
+    csv = layout.meta_csv(root, subset)
+    splits = _zero_splits()
+    try:
+        rows = read_meta(root, subset)
+    except DataError as e:
+        return CheckReport(subset, splits, [_problem(csv, str(e))])
+    rows, problems = _check_rows(csv, rows)
+    for row in rows:
+        splits[row.split].videos += 1
+    for result in _run(_unique_clips(root, subset, rows), workers, progress):
+        splits[result.split].frames += result.frames
+        splits[result.split].annotated_frames += result.annotated_frames
+        problems.extend(result.problems)
+    return CheckReport(subset, splits, sorted(set(problems)))
