@@ -341,8 +341,12 @@ class EncoderGroup:
         sp = self.split
         return [b for b in range(sp.n_blocks) if not done[sp.block_slice(b)].all()]
 
-    def write_block(self, b: int, data: dict[str, np.ndarray]) -> None:
-        """Write all arrays of block b, then mark its rows done (a kill before that leaves them pending)."""
+    def write_block(self, b: int, data: dict[str, np.ndarray], ok: np.ndarray | None = None) -> None:
+        """Write all arrays of block b, then mark its rows done (a kill before that leaves them pending).
+
+        `ok` (bools, one per row of the block) marks only those rows done: rows whose input failed stay
+        pending. Rows already done stay done.
+        """
         sl = self.split.block_slice(b)
         n = sl.stop - sl.start
         if set(data) != set(self.specs):
@@ -361,7 +365,33 @@ class EncoderGroup:
                 )
                 raise StoreError(f"{self.key}/{name}: non-finite features for video(s) {bad[:5]}")
             self.group[name][sl] = x.astype(spec.dtype, copy=False)
-        self.group["done"][sl] = 1
+        if ok is None:
+            self.group["done"][sl] = 1
+        else:
+            self.group["done"][sl] = (self.group["done"][sl].astype(bool) | np.asarray(ok, bool)).astype(
+                np.uint8
+            )
+
+    def read_block(self, b: int) -> dict[str, np.ndarray]:
+        """All arrays of block b as stored."""
+        sl = self.split.block_slice(b)
+        return {name: self.group[name][sl] for name in self.specs}
+
+    def record_failures(self, b: int, failures: list[dict[str, Any]]) -> None:
+        """Replace block b's failure records (each block has its own object, so writers never share one)."""
+        parent = self.group.require_group("failures")
+        key = f"block{b:06d}"
+        if key in parent:
+            del parent[key]
+        if failures:
+            parent.create_group(key).attrs["failures"] = failures
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every recorded input failure (row, video, frame, path, error), by row."""
+        if "failures" not in self.group:
+            return []
+        out = [f for _, g in self.group["failures"].groups() for f in g.attrs["failures"]]
+        return sorted(out, key=lambda f: f["row"])
 
     def read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
         """Rows of one array, in the order given."""

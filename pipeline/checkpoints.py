@@ -1,0 +1,108 @@
+"""Strict checkpoint reading and loading: every key used, none missing, shapes equal, a clear message."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or does not match the model; names the file."""
+
+
+def require_file(path: str | Path | None, what: str, source: str) -> Path:
+    """The weights file, or a message saying where to put it and where it comes from."""
+    if path is None:
+        raise CheckpointError(f"{what}: no weights path set in the preset ({source})")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(
+            f"{p}: {what} weights not found. Put the file there (it comes from {source}), "
+            "or point AV2T_WEIGHTS / --weights-dir at the folder that holds it."
+        )
+    return p
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or a torch pickle, read with weights_only=True on the CPU."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors, pickle and zip errors have no common base
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    return dict(obj)
+
+
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under prefix, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _first(keys: Iterable[str], n: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Load sd into module, failing on any missing or unexpected key or shape mismatch; casts dtypes."""
+    own = module.state_dict()
+    missing = set(own) - set(sd)
+    unexpected = set(sd) - set(own)
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_first(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:5])}")
+        raise CheckpointError(f"{source}: does not match {type(module).__name__}: " + "; ".join(parts))
+    # Published files mix fp16 and fp32 tensors: cast each to the module's own dtype.
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 (16 hex) over the module's state: names, shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+EVF_PREFIXES = ("visual_model.", "mm_extractor.beit3.", "text_hidden_fcs.")
+
+
+def read_evf_sam2(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """An EVF-SAM2 checkpoint (HF save_pretrained dir or its model.safetensors) split by component prefix.
+
+    Returns {"visual_model.": sam2_sd, "mm_extractor.beit3.": beit3_sd, "text_hidden_fcs.": fcs_sd};
+    any key outside these prefixes is an error, so nothing in the file goes unused silently.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    sd = read_state_dict(path)
+    stray = [k for k in sd if not k.startswith(EVF_PREFIXES)]
+    if stray:
+        raise CheckpointError(
+            f"{path}: not an EVF-SAM2 checkpoint: {len(stray)} key(s) outside {EVF_PREFIXES}: {_first(stray)}"
+        )
+    return {p: strip_prefix(sd, p) for p in EVF_PREFIXES}

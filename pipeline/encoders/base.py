@@ -1,0 +1,74 @@
+"""What every encoder offers the extract stage: preprocessing, a forward, output shapes, provenance."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from cache.fingerprint import package_versions
+from pipeline.checkpoints import state_digest
+
+VERSIONED_PACKAGES = (
+    "torch",
+    "numpy",
+    "open_clip_torch",
+    "laion-clap",
+    "sam2",
+    "torchscale",
+    "scipy",
+    "pillow",
+)
+
+
+class Encoder(nn.Module, ABC):
+    """A frozen feature encoder. Frame encoders take uint8 RGB (B, H, W, 3) frames; audio encoders take
+    float32 mono one-second segments (B, sample_rate) at `sample_rate` Hz."""
+
+    name: ClassVar[str]
+    input: ClassVar[Literal["frames", "audio"]]
+    sample_rate: int | None = None
+
+    @abstractmethod
+    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
+        """Raw frames or audio to the model's input tensor (CPU), exactly as the reference prepares it."""
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Preprocessed input (on the encoder's device) to named per-row feature tensors."""
+
+    @abstractmethod
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of every output of encode."""
+
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """The architecture config that decides the features."""
+
+    @abstractmethod
+    def preprocessing_dict(self) -> dict[str, Any]:
+        """The preprocessing that decides the features (sizes, means, interpolation, sample rate...)."""
+
+    def weights_digest(self) -> str:
+        """Digest of the weights actually loaded (same weights, same digest, whatever the file format)."""
+        if getattr(self, "_digest", None) is None:
+            self._digest = state_digest(self)
+        return self._digest
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything the store fingerprints: encoder, config, weights, preprocessing, versions."""
+        return {
+            "encoder": self.name,
+            "config": self.config_dict(),
+            "weights": self.weights_digest(),
+            "preprocessing": self.preprocessing_dict(),
+            "versions": package_versions(*VERSIONED_PACKAGES),
+        }
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live."""
+        return next(self.parameters()).device
