@@ -1,0 +1,293 @@
+"""SAM 2 image features per frame, as EVF-SAM2 / AV2T-SAM compute them (frames independent, no video memory).
+
+The model is the sam2 package's own `SAM2Base` (Hiera trunk, FPN neck, prompt encoder, mask decoder, memory
+modules), instantiated from the package's YAML (`configs/sam2/sam2_hiera_l.yaml` = the SAM 2.0 Hiera-L that
+EVF-SAM2 uses) with hydra's `instantiate` on an OmegaConf-loaded config, so no Hydra global state is used. The
+whole `SAM2Base` is kept as `encoder.sam` because the training stage needs its prompt encoder and mask decoder.
+
+Per frame: `forward_image` -> `_prepare_backbone_features` -> `no_mem_embed` added to the lowest-resolution
+level (`directly_add_no_mem_embed`) -> (C, H, W) maps. Outputs (S = image_size):
+- `image_embed` (256, S/16, S/16);
+- highres="after_conv": `high_res_0` (32, S/4, S/4), `high_res_1` (64, S/8, S/8), i.e. after the mask
+  decoder's conv_s0/conv_s1, exactly what `sam_mask_decoder(high_res_features=...)` takes;
+- highres="before_conv": `high_res_0_pre_conv` (256, S/4, S/4), `high_res_1_pre_conv` (256, S/8, S/8), the
+  FPN levels before those convs, so a head can train them (`decoder_high_res` applies them).
+
+Weights: an EVF-SAM2 checkpoint (`visual_model.*` of `YxZhang/evf-sam2-multitask`'s model.safetensors) or
+Meta's `{"model": state_dict}` .pt (`sam2_hiera_large.pt`), both loaded strictly into the whole SAM2Base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict
+from sam2.modeling.sam2_base import SAM2Base
+from torch import nn
+
+from pipeline.checkpoints import CheckpointError, load_strict, read_evf_sam2, read_state_dict, require_file
+from pipeline.config import resolve_weights
+from pipeline.encoders.base import Encoder
+
+IMAGE_EMBED = "image_embed"
+HIGH_RES = {
+    "after_conv": ("high_res_0", "high_res_1"),
+    "before_conv": ("high_res_0_pre_conv", "high_res_1_pre_conv"),
+}
+# SAM2Transforms' normalisation (ImageNet), applied to [0, 1] pixels.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+# What sam2.build_sam.build_sam2 adds by default (apply_postprocessing=True); EVF-SAM2 builds with it.
+POSTPROCESSING = {
+    "dynamic_multimask_via_stability": True,
+    "dynamic_multimask_stability_delta": 0.05,
+    "dynamic_multimask_stability_thresh": 0.98,
+}
+WEIGHTS_SOURCES = {
+    "evf-sam2": "the Hugging Face repo YxZhang/evf-sam2-multitask (its model.safetensors)",
+    "sam2": "Meta's SAM 2 release, e.g. sam2_hiera_large.pt from the Hugging Face repo facebook/sam2-hiera-large",
+}
+# EVF-SAM2's vendored CXBlock names its layer scale `weight` where sam2 says `gamma`.
+_EVF_FUSER_SCALE = re.compile(r"^(memory_encoder\.fuser\.layers\.\d+)\.weight$")
+
+
+class TrunkConfig(BaseModel):
+    """Hiera sizes replacing those of the base YAML (tiny presets)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embed_dim: int
+    num_heads: int
+    stages: list[int]
+    global_att_blocks: list[int]
+    window_spec: list[int]
+    window_pos_embed_bkg_spatial_size: list[int]
+
+
+class Config(BaseModel):
+    """A preset's sam2.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_config: str = "configs/sam2/sam2_hiera_l.yaml"
+    """Model YAML inside the sam2 package (SAM 2.0 Hiera-L, as EVF-SAM2 / AV2T-SAM use)."""
+    trunk: TrunkConfig | None = None
+    """Hiera sizes replacing the YAML's; None = the YAML's own (the official architecture)."""
+    image_size: int = 1024
+    """Frames are resized to image_size x image_size; features are S/16, S/4 and S/8 on a side."""
+    highres: Literal["after_conv", "before_conv"] = "after_conv"
+    """Cache the two high-res levels after the mask decoder's conv_s0/conv_s1 (8 MiB/frame fp16 at 1024) or
+    before them (42 MiB/frame), so that a head can train those convs."""
+    weights: str | None = None
+    """Checkpoint path relative to the weights folder; None = random weights from `seed`."""
+    weights_format: Literal["evf-sam2", "sam2"] = "evf-sam2"
+    """evf-sam2: an EVF-SAM2 model.safetensors (its visual_model.*); sam2: Meta's {"model": state_dict}."""
+    seed: int = 0
+
+
+class Sam2ImageEncoder(Encoder):
+    """SAM 2 image encoder: uint8 RGB frames -> the 64x64 embedding (+ no_mem_embed) and two high-res levels."""
+
+    name = "sam2"
+    input = "frames"
+
+    def __init__(self, sam: SAM2Base, cfg: Config):
+        super().__init__()
+        self.sam = sam
+        self.cfg = cfg
+        self.model_cfg: dict[str, Any] = OmegaConf.to_container(model_config(cfg), resolve=True)
+        self.high_res_names = HIGH_RES[cfg.highres]
+
+    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 (B, H, W, 3) RGB frames -> float32 (B, 3, S, S), as sam2's SAM2Transforms."""
+        return preprocess_frames(batch, self.cfg.image_size)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-frame features: image_embed plus the two high-res levels (after or before conv_s0/conv_s1)."""
+        p = next(self.sam.parameters())
+        x = x.to(p.device, p.dtype)
+        if self.cfg.highres == "after_conv":
+            backbone_out = self.sam.forward_image(x)  # applies conv_s0/conv_s1 to levels 0 and 1
+        else:
+            backbone_out = self.sam.image_encoder(x)
+        _, feats, _, sizes = self.sam._prepare_backbone_features(backbone_out)
+        if self.sam.directly_add_no_mem_embed:
+            feats[-1] = feats[-1] + self.sam.no_mem_embed
+        # (HW, B, C) -> (B, C, H, W), sizes read off the tensors (sam2 hard-codes 1024 px elsewhere)
+        maps = [
+            f.permute(1, 2, 0).reshape(x.shape[0], -1, h, w).contiguous()
+            for f, (h, w) in zip(feats, sizes, strict=True)
+        ]
+        return {IMAGE_EMBED: maps[2], self.high_res_names[0]: maps[0], self.high_res_names[1]: maps[1]}
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-frame shapes, from the image size and the built model's widths."""
+        s = self.cfg.image_size
+        d = int(self.sam.hidden_dim)
+        dec = self.sam.sam_mask_decoder
+        c0, c1 = (
+            (dec.conv_s0.out_channels, dec.conv_s1.out_channels)
+            if self.cfg.highres == "after_conv"
+            else (d, d)
+        )
+        n0, n1 = self.high_res_names
+        return {IMAGE_EMBED: (d, s // 16, s // 16), n0: (c0, s // 4, s // 4), n1: (c1, s // 8, s // 8)}
+
+    def config_dict(self) -> dict[str, Any]:
+        """The image encoder's resolved config, the image size and which high-res levels are output."""
+        return {
+            "base_config": self.cfg.base_config,
+            "image_size": self.cfg.image_size,
+            "image_encoder": self.model_cfg["image_encoder"],
+            "directly_add_no_mem_embed": bool(self.sam.directly_add_no_mem_embed),
+            "highres": self.cfg.highres,
+            "outputs": list(self.output_shapes()),
+        }
+
+    def preprocessing_dict(self) -> dict[str, Any]:
+        """Plain square resize, /255, ImageNet mean/std: sam2's SAM2Transforms."""
+        return {
+            "input": "uint8 RGB",
+            "size": [self.cfg.image_size, self.cfg.image_size],
+            "resize": "bilinear, antialias, align_corners=False, no aspect preservation (float, after /255)",
+            "scale": 1 / 255,
+            "mean": list(MEAN),
+            "std": list(STD),
+        }
+
+
+def decoder_high_res(features: Mapping[str, torch.Tensor], mask_decoder: nn.Module) -> list[torch.Tensor]:
+    """The mask decoder's `high_res_features` from either cached layout (applies conv_s0/conv_s1 if needed)."""
+    if HIGH_RES["after_conv"][0] in features:
+        return [features[n] for n in HIGH_RES["after_conv"]]
+    s0, s1 = (features[n] for n in HIGH_RES["before_conv"])
+    return [mask_decoder.conv_s0(s0), mask_decoder.conv_s1(s1)]
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def preprocess_frames(frames: np.ndarray, image_size: int) -> torch.Tensor:
+    """ToTensor (/255), Resize((S, S)) bilinear antialiased, Normalize(ImageNet): SAM2Transforms, batched."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames (B, H, W, 3), got {frames.dtype} {frames.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(255)
+    if x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.sub(mean).div(std).contiguous()
+
+
+# ---------------------------------------------------------------- model config
+
+
+def _package_yaml(rel: str) -> DictConfig:
+    """A config YAML shipped inside the sam2 package, loaded with plain OmegaConf."""
+    path = files("sam2").joinpath(rel)
+    if not path.is_file():
+        raise ValueError(f"sam2 package has no config {rel!r} (look under sam2/configs/)")
+    return OmegaConf.load(str(path))
+
+
+def model_config(cfg: Config) -> DictConfig:
+    """The base YAML's `model` with this preset's image size and trunk applied."""
+    model = _package_yaml(cfg.base_config).model
+    s = cfg.image_size
+    model.image_size = s
+    for att in ("self_attention", "cross_attention"):
+        model.memory_attention.layer[att].feat_sizes = [s // 16, s // 16]  # RoPE grid = the S/16 level
+    if cfg.trunk is not None:
+        t = cfg.trunk
+        model.image_encoder.trunk.update(t.model_dump())
+        # Hiera doubles the width at every stage (dim_mul=2); the neck lists them from the deepest.
+        model.image_encoder.neck.backbone_channel_list = [
+            t.embed_dim * 2**i for i in reversed(range(len(t.stages)))
+        ]
+    model.sam_mask_decoder_extra_args = dict(POSTPROCESSING)
+    _check_sizes(model, s)
+    return model
+
+
+def _check_sizes(model: DictConfig, s: int) -> None:
+    """Reject image sizes that Hiera's windows or the FPN's 2x top-down upsampling cannot tile."""
+    window0 = model.image_encoder.trunk.get("window_spec", [8])[0]
+    if s % 32 or (s // 4) % window0:
+        raise ValueError(f"image_size {s} must be a multiple of 32 and of 4 x window_spec[0] ({4 * window0})")
+
+
+# ---------------------------------------------------------------- building
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Create every parameter on the meta device (no memory, no init cost); buffers stay real.
+
+    `with torch.device("meta")` does not work here: Hiera calls `.item()` on a linspace in __init__.
+    """
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def build_sam(cfg: Config, empty: bool = False) -> SAM2Base:
+    """SAM2Base from the config: seeded random weights, or (empty=True) parameters on meta, uninitialised.
+
+    The meta parameters take no memory; `to_empty` then a strict load gives them real values.
+    """
+    mcfg = model_config(cfg)
+    if empty:
+        with parameters_on_meta():
+            return instantiate(mcfg, _convert_="all")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return instantiate(mcfg, _convert_="all")
+
+
+def read_sam_state(path: Path, weights_format: str) -> dict[str, torch.Tensor]:
+    """The SAM2Base state dict of an EVF-SAM2 or a Meta SAM 2 checkpoint, with sam2's own key names."""
+    if weights_format == "evf-sam2":
+        sd = read_evf_sam2(path)["visual_model."]
+        if not sd:
+            raise CheckpointError(f"{path}: EVF-SAM2 checkpoint holds no visual_model.* keys")
+        return {_EVF_FUSER_SCALE.sub(r"\1.gamma", k): v for k, v in sd.items()}
+    obj = read_state_dict(path)
+    if not isinstance(obj.get("model"), Mapping):
+        raise CheckpointError(f"{path}: expected Meta's {{'model': state_dict}}, got keys {sorted(obj)[:5]}")
+    return dict(obj["model"])
+
+
+def build(cfg: Config, weights_dir: str | Path | None = None) -> Sam2ImageEncoder:
+    """The encoder of a preset: seeded random SAM 2, or the official file loaded strictly."""
+    path = resolve_weights(cfg.weights, weights_dir)
+    if path is None:
+        sam = build_sam(cfg)
+    else:
+        path = require_file(path, "SAM 2", WEIGHTS_SOURCES[cfg.weights_format])
+        sd = read_sam_state(path, cfg.weights_format)
+        sam = build_sam(cfg, empty=True).to_empty(device="cpu")
+        load_strict(sam, sd, path)
+        del sd
+    return Sam2ImageEncoder(sam, cfg).eval().requires_grad_(False)
