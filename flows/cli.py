@@ -68,6 +68,44 @@ def _cmd_cache_import(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract(a: argparse.Namespace) -> int:
+    from flows.extract import extract_features
+
+    out = extract_features(
+        root=str(a.root),
+        subset=a.subset,
+        splits=a.splits,
+        encoders=a.encoders,
+        preset=a.preset,
+        store=a.store,
+        batch_size=a.batch_size,
+        device=a.device,
+        on_error=a.on_error,
+        dtype=a.dtype,
+        frames=a.frames,
+        weights_dir=str(a.weights_dir) if a.weights_dir else None,
+        threads=a.threads,
+        task_runner=a.task_runner,
+        workers=a.workers,
+        dask_address=a.dask_address,
+    )
+    for key, s in out["store"].items():
+        print(
+            f"{key}: {s['rows_done']}/{s['rows_total']} rows"
+            + (f", {s['failures']} failed" if s["failures"] else "")
+        )
+    for f in out["failures"]:
+        print(f"skipped {f['path']}: {f['error']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from flows.serve import main as serve
+
+    serve()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="av2t", description="AV2T-SAM audio-visual segmentation pipeline")
@@ -107,18 +145,42 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--h5", required=True, type=Path)
     im.add_argument("--overwrite", action="store_true", help="replace groups that exist")
     im.set_defaults(func=_cmd_cache_import)
+    x = sub.add_parser("extract", help="run the extract-features flow here (no server needed)")
+    x.add_argument("--root", required=True, type=Path)
+    x.add_argument("--subset", required=True, choices=["s4", "ms3"])
+    x.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
+    x.add_argument("--encoders", nargs="+", default=["clip", "clap", "sam2", "beit3"])
+    x.add_argument("--preset", default="tiny", help="tiny (random weights) or paper (official checkpoints)")
+    x.add_argument("--store", default="runs/store.zarr", help="store path or fsspec URL")
+    x.add_argument("--batch-size", type=int, default=8)
+    x.add_argument("--device", default="auto")
+    x.add_argument("--on-error", default="stop", choices=["stop", "skip"])
+    x.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    x.add_argument("--frames", default="used", choices=["used", "all"], help="used: S4 train frame 1 only")
+    x.add_argument(
+        "--weights-dir", type=Path, help="folder of official checkpoints (default $AV2T_WEIGHTS or ./weights)"
+    )
+    x.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    x.add_argument("--task-runner", default="threads", choices=["threads", "dask"])
+    x.add_argument("--workers", type=int, default=1, help="threads, or local Dask workers")
+    x.add_argument("--dask-address", help="scheduler address of an existing Dask cluster")
+    x.set_defaults(func=_cmd_extract)
+
+    sv = sub.add_parser("serve", help="serve a `default` deployment of every flow (needs a Prefect server)")
+    sv.set_defaults(func=_cmd_serve)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `av2t` console script."""
     from cache.store import StoreError
+    from pipeline.checkpoints import CheckpointError
     from pipeline.data.clips import DataError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DataError, StoreError) as e:
+    except (DataError, StoreError, CheckpointError) as e:
         print(f"av2t: error: {e}", file=sys.stderr)
         return 2
 

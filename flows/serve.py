@@ -1,0 +1,21 @@
+"""Serve a `default` deployment of every flow: `python -m flows.serve` (or `av2t serve`)."""
+
+from __future__ import annotations
+
+from prefect import serve
+
+from flows.extract import extract_features
+
+
+def deployments() -> list:
+    """The deployments this project serves."""
+    return [extract_features.to_deployment(name="default")]
+
+
+def main() -> None:
+    """Serve until interrupted."""
+    serve(*deployments())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The extract stage: run the frozen encoders over AVSBench clips and fill the feature store, resumably."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from cache import ArraySpec, EncoderGroup, FeatureStore, SplitIndex, fingerprint
+from cache.index import FrameSelection
+from pipeline.data.audio import load_segments
+from pipeline.data.clips import Clip, DataError, read_clips
+from pipeline.data.images import load_frame
+from pipeline.data.layout import SPLITS
+from pipeline.encoders.base import Encoder
+from pipeline.encoders.registry import ENCODER_NAMES, build_encoder
+
+
+class ExtractConfig(BaseModel):
+    """What to extract, from where, into where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path = Field(description="AVSBench root (the folder holding Single-source/ and Multi-sources/)")
+    subset: Literal["s4", "ms3"] = "s4"
+    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: list(SPLITS))
+    encoders: list[str] = Field(default_factory=lambda: list(ENCODER_NAMES))
+    preset: str = "tiny"
+    store: str = Field("runs/store.zarr", description="store path or fsspec URL")
+    batch_size: int = Field(8, ge=1)
+    device: str = Field("auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    on_error: Literal["stop", "skip"] = "stop"
+    dtype: Literal["float16", "float32"] = "float16"
+    frames: FrameSelection = Field("used", description="used: S4 train frame 1 only; all: every frame")
+    weights_dir: Path | None = None
+    block_rows: int = Field(32, ge=1, description="rows per write block (= shard)")
+    codec: str = "zstd"
+    allow_other_fingerprints: bool = False
+    threads: int = Field(
+        0, ge=0, description="torch threads per worker (0: leave as is); same count -> bit-identical features"
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is the GPU when there is one."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+_ENCODERS: dict[tuple, Encoder] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def get_encoder(name: str, preset: str, weights_dir: Path | None, device: str) -> Encoder:
+    """One built encoder per (name, preset, weights, device) per process, shared by its threads."""
+    key = (name, preset, str(weights_dir), str(resolve_device(device)))
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = build_encoder(name, preset, weights_dir, resolve_device(device))
+        return _ENCODERS[key]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A unit of work: some blocks of one encoder in one split."""
+
+    split: str
+    encoder: str
+    blocks: tuple[int, ...]
+    rows: int
+
+
+def split_index(cfg: ExtractConfig, split: str) -> tuple[list[Clip], SplitIndex]:
+    """The clips of a split and the store rows they give."""
+    clips = read_clips(cfg.root, cfg.subset, split)
+    return clips, SplitIndex.from_clips(clips, cfg.frames)
+
+
+def prepare(cfg: ExtractConfig, blocks_per_shard: int = 4) -> list[Shard]:
+    """Create the groups and encoder sub-groups (once, before any writer), and list the pending work."""
+    store = FeatureStore(cfg.store)
+    shards = []
+    for split in cfg.splits:
+        _, index = split_index(cfg, split)
+        group = store.require_split(cfg.subset, split, index, cfg.block_rows)
+        for name in cfg.encoders:
+            enc = get_encoder(name, cfg.preset, cfg.weights_dir, cfg.device)
+            eg = require_encoder_group(cfg, group, enc)
+            pending = eg.pending_blocks()
+            for i in range(0, len(pending), blocks_per_shard):
+                blocks = tuple(pending[i : i + blocks_per_shard])
+                rows = sum(len(range(*group.block_slice(b).indices(group.n_rows))) for b in blocks)
+                shards.append(Shard(split, name, blocks, rows))
+    return shards
+
+
+def require_encoder_group(cfg: ExtractConfig, group, enc: Encoder) -> EncoderGroup:
+    """The encoder's sub-group for its fingerprint, with its arrays declared."""
+    arrays = {k: ArraySpec(tuple(v), cfg.dtype, cfg.codec) for k, v in enc.output_shapes().items()}
+    return group.require_encoder(enc.name, enc.provenance(), arrays, cfg.allow_other_fingerprints)
+
+
+class InputCache:
+    """Decoded audio per video within one shard (five rows of a video share one WAV)."""
+
+    def __init__(self, rate: int | None):
+        self.rate, self.audio = rate, {}
+
+    def segments(self, clip: Clip) -> np.ndarray:
+        """(5, rate) segments of a clip's audio."""
+        if clip.id not in self.audio:
+            self.audio[clip.id] = load_segments(clip.audio_path, self.rate)
+        return self.audio[clip.id]
+
+
+def load_inputs(enc: Encoder, clips: dict[str, Clip], index: SplitIndex, rows: np.ndarray, cache: InputCache):
+    """Raw inputs of the rows (frames or audio segments) and a failure record for each bad one."""
+    items, ok, failures = [], np.ones(len(rows), bool), []
+    for i, r in enumerate(rows):
+        clip, k = clips[index.video[r]], int(index.frame[r])
+        path = clip.frame_paths[k - 1] if enc.input == "frames" else clip.audio_path
+        try:
+            items.append(load_frame(path) if enc.input == "frames" else cache.segments(clip)[k - 1])
+        except DataError as e:
+            ok[i] = False
+            failures.append({"row": int(r), "video": clip.id, "frame": k, "path": str(path), "error": str(e)})
+    return items, ok, failures
+
+
+def encode_rows(enc: Encoder, items: list[np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Run the encoder over inputs in batches; float32 numpy outputs."""
+    outs: dict[str, list[np.ndarray]] = {k: [] for k in enc.output_shapes()}
+    for i in range(0, len(items), batch_size):
+        x = enc.preprocess(np.stack(items[i : i + batch_size])).to(enc.device, non_blocking=True)
+        with torch.inference_mode():
+            y = enc.encode(x)
+        for k in outs:
+            outs[k].append(y[k].float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def extract_shard(
+    cfg: ExtractConfig, shard: Shard, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Compute and write one shard's pending rows; returns counts and failures."""
+    if cfg.threads:
+        # CPU kernels reduce in a thread-count-dependent order: pin it to reproduce features bit for bit.
+        torch.set_num_threads(cfg.threads)
+    clips, _ = split_index(cfg, shard.split)
+    by_id = {c.id: c for c in clips}
+    group = FeatureStore(cfg.store).split(cfg.subset, shard.split)
+    enc = get_encoder(shard.encoder, cfg.preset, cfg.weights_dir, cfg.device)
+    eg = require_encoder_group(cfg, group, enc)
+    index, cache = group.index, InputCache(enc.sample_rate)
+    computed, failed = 0, []
+    for b in shard.blocks:
+        sl = group.block_slice(b)
+        done = eg.done_mask()[sl]
+        todo = np.arange(sl.start, sl.stop)[~done]  # rows already done are never recomputed
+        if not len(todo):
+            continue
+        items, ok, failures = load_inputs(enc, by_id, index, todo, cache)
+        if failures and cfg.on_error == "stop":
+            f = failures[0]
+            raise DataError(
+                f"{f['error']} (video {f['video']} frame {f['frame']}; {eg.key} rows done so far are kept; "
+                "fix the file and run again, or pass on_error=skip)"
+            )
+        block = eg.read_block(b) if done.any() or not ok.all() else {}
+        if items:
+            feats = encode_rows(enc, items, cfg.batch_size)
+            for k, v in feats.items():
+                full = block.get(k)
+                if full is None:
+                    full = np.zeros((sl.stop - sl.start, *v.shape[1:]), np.float32)
+                full = full.astype(np.float32)
+                full[todo[ok] - sl.start] = v
+                block[k] = full
+        else:
+            block = eg.read_block(b)
+        block_ok = np.zeros(sl.stop - sl.start, bool)
+        block_ok[todo[ok] - sl.start] = True
+        eg.write_block(b, block, ok=block_ok)
+        eg.record_failures(b, failures)
+        computed += int(ok.sum())
+        failed += failures
+        if progress:
+            progress(len(todo))
+    return {"split": shard.split, "encoder": shard.encoder, "computed": computed, "failures": failed}
+
+
+def summarize(cfg: ExtractConfig) -> dict[str, Any]:
+    """Rows done / total and failures per split and encoder sub-group in the store."""
+    store = FeatureStore(cfg.store, mode="r")
+    out = {}
+    for split in cfg.splits:
+        group = store.split(cfg.subset, split)
+        for name in cfg.encoders:
+            enc = get_encoder(name, cfg.preset, cfg.weights_dir, cfg.device)
+            eg = group.encoder(name, fingerprint(enc.provenance()))
+            out[f"{split}/{eg.key}"] = {
+                "rows_done": eg.rows_done(),
+                "rows_total": group.n_rows,
+                "failures": len(eg.failures()),
+            }
+    return out
+
+
+def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
+    """Run every pending shard in this process (the flow fans the same shards out as tasks)."""
+    from tqdm import tqdm
+
+    shards = prepare(cfg)
+    with tqdm(total=sum(s.rows for s in shards), unit="row", desc="extract", disable=not progress) as bar:
+        results = [extract_shard(cfg, s, bar.update) for s in shards]
+    failures = [f for r in results for f in r["failures"]]
+    return {"shards": len(shards), "computed": sum(r["computed"] for r in results), "failures": failures}

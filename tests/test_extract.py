@@ -1,0 +1,165 @@
+"""The extract stage: every expected row of every encoder, resume after SIGKILL, bad inputs, Dask."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache import FeatureStore
+from pipeline.data.clips import DataError, read_clips
+from pipeline.data.synth import write_synthetic
+from stages.extract import ExtractConfig, extract
+
+HERE = Path(__file__).parent
+ENCODERS = ["clip", "clap", "sam2", "beit3"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("avsbench")
+    write_synthetic(root, "s4", videos=6, seed=5)
+    write_synthetic(root, "ms3", videos=4, seed=5)
+    return root
+
+
+def _cfg(root: Path, store: Path, **kw) -> ExtractConfig:
+    return ExtractConfig(root=root, store=str(store), device="cpu", **kw)
+
+
+def _expected_rows(root: Path, subset: str, split: str, frames: str = "used") -> list[tuple[str, int]]:
+    rows = []
+    for c in read_clips(root, subset, split):
+        ks = [1] if (subset, split, frames) == ("s4", "train", "used") else range(1, 6)
+        rows += [(c.id, k) for k in ks]
+    return rows
+
+
+def _store_arrays(store: Path, subset: str) -> dict[str, np.ndarray]:
+    out = {}
+    fs = FeatureStore(str(store), mode="r")
+    for s, split in fs.groups():
+        if s != subset:
+            continue
+        for e in fs.split(s, split).encoders():
+            for name in e.specs:
+                out[f"{split}/{e.key}/{name}"] = e.array(name)[:]
+            out[f"{split}/{e.key}/done"] = e.done_mask()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_store(tree, tmp_path_factory) -> Path:
+    """An uninterrupted local run of every encoder on S4 (all frames, small blocks)."""
+    store = tmp_path_factory.mktemp("ref") / "store.zarr"
+    out = extract(_cfg(tree, store, frames="all", block_rows=4), progress=False)
+    assert out["failures"] == []
+    return store
+
+
+def test_every_expected_row_of_every_encoder(tree, tmp_path):
+    store = tmp_path / "s.zarr"
+    extract(_cfg(tree, store, subset="s4"), progress=False)
+    fs = FeatureStore(str(store), mode="r")
+    for split in ("train", "val", "test"):
+        g = fs.split("s4", split)
+        want = _expected_rows(tree, "s4", split)
+        assert list(zip(g.index.video, g.index.frame.tolist(), strict=True)) == want
+        assert sorted(e.name for e in g.encoders()) == sorted(ENCODERS)
+        for e in g.encoders():
+            assert e.rows_done() == len(want), (split, e.key)
+            for name, spec in e.specs.items():
+                x = e.array(name)[:]
+                assert x.shape == (len(want), *spec.shape) and x.dtype == np.float16
+                assert np.isfinite(x).all() and np.abs(x).sum(axis=tuple(range(1, x.ndim))).min() > 0
+    # Running again computes nothing: everything is done.
+    assert extract(_cfg(tree, store, subset="s4"), progress=False)["computed"] == 0
+
+
+def test_audio_rows_follow_their_segment(tree, reference_store):
+    """CLAP rows of one video differ by frame (segment i goes with frame i+1) in MS3-like audio."""
+    g = FeatureStore(str(reference_store), mode="r").split("s4", "val")
+    clap = g.encoder("clap").array("clap")[:].astype(np.float32)
+    rows = g.index.rows_of(g.index.videos()[0])
+    assert len(rows) == 5 and np.isfinite(clap[rows]).all()
+
+
+def test_sigkill_mid_way_then_resume_equals_uninterrupted(tree, tmp_path, reference_store):
+    store = tmp_path / "killed.zarr"
+    cfg = _cfg(tree, store, frames="all", block_rows=4)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+    p = subprocess.Popen([sys.executable, str(HERE / "extract_runner.py"), cfg.model_dump_json()], env=env)
+    total = done = 0
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+        try:
+            arrays = _store_arrays(store, "s4")
+        except Exception:  # the store is still being created
+            continue
+        dones = [v for k, v in arrays.items() if k.endswith("/done")]
+        total, done = sum(len(d) for d in dones), sum(int(d.sum()) for d in dones)
+        if len(dones) == 12 and 0 < done < total // 2:
+            break
+    assert p.poll() is None, "extraction finished before it could be killed; make the tree bigger"
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    before = {k: v.copy() for k, v in _store_arrays(store, "s4").items() if k.endswith("/done")}
+    done_before = sum(int(v.sum()) for v in before.values())
+    assert 0 < done_before < total
+
+    out = extract(cfg, progress=False)
+    assert out["computed"] == total - done_before  # only the unfinished rows were recomputed
+    got, want = _store_arrays(store, "s4"), _store_arrays(reference_store, "s4")
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_bad_input_stops_with_the_file_and_keeps_done_rows(tree, tmp_path):
+    root = tmp_path / "tree"
+    write_synthetic(root, "ms3", videos=4, seed=2)
+    clip = read_clips(root, "ms3", "val")[0]
+    clip.frame_paths[2].write_bytes(b"not a png")
+    store = tmp_path / "bad.zarr"
+    cfg = _cfg(root, store, subset="ms3", encoders=["clip"], block_rows=4)
+    with pytest.raises(DataError, match=str(clip.frame_paths[2]).replace(".", r"\.")):
+        extract(cfg, progress=False)
+    g = FeatureStore(str(store), mode="r").split("ms3", "train")
+    assert g.encoder("clip").rows_done() == g.n_rows  # train came before val: kept
+
+    out = extract(cfg.model_copy(update={"on_error": "skip"}), progress=False)
+    assert [f["path"] for f in out["failures"]] == [str(clip.frame_paths[2])]
+    e = FeatureStore(str(store), mode="r").split("ms3", "val").encoder("clip")
+    assert e.rows_done() == e.split.n_rows - 1
+    (f,) = e.failures()
+    assert (f["video"], f["frame"]) == (clip.id, 3)
+
+
+def test_bad_wav_is_named(tree, tmp_path):
+    root = tmp_path / "tree"
+    write_synthetic(root, "s4", videos=3, seed=1)
+    clip = read_clips(root, "s4", "test")[0]
+    clip.audio_path.write_bytes(b"RIFF")
+    cfg = _cfg(root, tmp_path / "w.zarr", encoders=["clap"], splits=["test"])
+    with pytest.raises(DataError, match=clip.audio_path.name):
+        extract(cfg, progress=False)
+
+
+def test_changed_encoder_is_refused(tree, tmp_path):
+    store = tmp_path / "fp.zarr"
+    extract(_cfg(tree, store, encoders=["clip"], splits=["val"]), progress=False)
+    g = FeatureStore(str(store)).split("s4", "val")
+    e = g.encoder("clip")
+    # Pretend the stored features came from other weights.
+    e.group.attrs.update({"provenance": {**e.provenance, "weights": "0" * 16}, "fingerprint": "0" * 16})
+    from cache import FingerprintMismatch
+
+    with pytest.raises(FingerprintMismatch, match="weights"):
+        extract(_cfg(tree, store, encoders=["clip"], splits=["val"]), progress=False)
