@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -120,17 +121,34 @@ class InputCache:
         return self.audio[clip.id]
 
 
+_DECODE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="av2t-decode")
+
+
+def _load_one(enc: Encoder, clip: Clip, k: int, cache: InputCache) -> np.ndarray | DataError:
+    """One row's raw input, or the DataError that names its bad file."""
+    try:
+        return load_frame(clip.frame_paths[k - 1]) if enc.input == "frames" else cache.segments(clip)[k - 1]
+    except DataError as e:
+        return e
+
+
 def load_inputs(enc: Encoder, clips: dict[str, Clip], index: SplitIndex, rows: np.ndarray, cache: InputCache):
     """Raw inputs of the rows (frames or audio segments) and a failure record for each bad one."""
+    keys = [(clips[index.video[r]], int(index.frame[r])) for r in rows]
+    if enc.input == "frames":  # PNG decoding releases the GIL: decode in parallel
+        loaded = list(_DECODE_POOL.map(lambda ck: _load_one(enc, *ck, cache), keys))
+    else:  # five rows share one WAV: decode each once, in order
+        loaded = [_load_one(enc, c, k, cache) for c, k in keys]
     items, ok, failures = [], np.ones(len(rows), bool), []
-    for i, r in enumerate(rows):
-        clip, k = clips[index.video[r]], int(index.frame[r])
-        path = clip.frame_paths[k - 1] if enc.input == "frames" else clip.audio_path
-        try:
-            items.append(load_frame(path) if enc.input == "frames" else cache.segments(clip)[k - 1])
-        except DataError as e:
+    for i, ((clip, k), x) in enumerate(zip(keys, loaded, strict=True)):
+        if isinstance(x, DataError):
             ok[i] = False
-            failures.append({"row": int(r), "video": clip.id, "frame": k, "path": str(path), "error": str(e)})
+            path = clip.frame_paths[k - 1] if enc.input == "frames" else clip.audio_path
+            failures.append(
+                {"row": int(rows[i]), "video": clip.id, "frame": k, "path": str(path), "error": str(x)}
+            )
+        else:
+            items.append(x)
     return items, ok, failures
 
 
@@ -160,9 +178,10 @@ def extract_shard(
     eg = require_encoder_group(cfg, group, enc)
     index, cache = group.index, InputCache(enc.sample_rate)
     computed, failed = 0, []
+    done_all = eg.done_mask()  # one read per shard: this shard's blocks have no other writer
     for b in shard.blocks:
         sl = group.block_slice(b)
-        done = eg.done_mask()[sl]
+        done = done_all[sl]
         todo = np.arange(sl.start, sl.stop)[~done]  # rows already done are never recomputed
         if not len(todo):
             continue
@@ -188,7 +207,8 @@ def extract_shard(
         block_ok = np.zeros(sl.stop - sl.start, bool)
         block_ok[todo[ok] - sl.start] = True
         eg.write_block(b, block, ok=block_ok)
-        eg.record_failures(b, failures)
+        if failures or done.any():  # a partly done block is a retry: clear or renew its failure records
+            eg.record_failures(b, failures)
         computed += int(ok.sum())
         failed += failures
         if progress:

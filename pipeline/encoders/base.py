@@ -59,7 +59,12 @@ class Encoder(nn.Module, ABC):
         return self._digest
 
     def provenance(self) -> dict[str, Any]:
-        """Everything the store fingerprints: encoder, config, weights, preprocessing, versions."""
+        """Everything the store fingerprints: encoder, config, weights, preprocessing, versions (computed once)."""
+        if getattr(self, "_provenance", None) is None:
+            self._provenance = self._make_provenance()
+        return self._provenance
+
+    def _make_provenance(self) -> dict[str, Any]:
         return {
             "encoder": self.name,
             "config": self.config_dict(),
