@@ -149,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--root", required=True, type=Path)
     x.add_argument("--subset", required=True, choices=["s4", "ms3"])
     x.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
-    x.add_argument("--encoders", nargs="+", default=["clip", "clap", "sam2", "beit3"])
+    x.add_argument(
+        "--encoders",
+        nargs="+",
+        default=["clip", "clap", "sam2", "beit3", "gt"],
+        help="gt caches the GT masks",
+    )
     x.add_argument("--preset", default="tiny", help="tiny (random weights) or paper (official checkpoints)")
     x.add_argument("--store", default="runs/store.zarr", help="store path or fsspec URL")
     x.add_argument("--batch-size", type=int, default=8)

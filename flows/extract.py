@@ -41,7 +41,7 @@ def extract_features(
     root: str,
     subset: Literal["s4", "ms3"] = "s4",
     splits: list[Literal["train", "val", "test"]] = ["train", "val", "test"],  # noqa: B006 (Prefect params)
-    encoders: list[str] = ["clip", "clap", "sam2", "beit3"],  # noqa: B006
+    encoders: list[str] = ["clip", "clap", "sam2", "beit3", "gt"],  # noqa: B006
     preset: str = "tiny",
     store: str = "runs/store.zarr",
     batch_size: int = 8,

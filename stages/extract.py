@@ -17,8 +17,8 @@ from cache import ArraySpec, EncoderGroup, FeatureStore, SplitIndex, fingerprint
 from cache.index import FrameSelection
 from pipeline.data.audio import load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
-from pipeline.data.images import load_frame
-from pipeline.data.layout import SPLITS
+from pipeline.data.images import load_frame, load_mask
+from pipeline.data.layout import FRAME_SIZE, SPLITS
 from pipeline.encoders.base import Encoder
 from pipeline.encoders.registry import ENCODER_NAMES, build_encoder
 
@@ -31,7 +31,9 @@ class ExtractConfig(BaseModel):
     root: Path = Field(description="AVSBench root (the folder holding Single-source/ and Multi-sources/)")
     subset: Literal["s4", "ms3"] = "s4"
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: list(SPLITS))
-    encoders: list[str] = Field(default_factory=lambda: list(ENCODER_NAMES))
+    encoders: list[str] = Field(
+        default_factory=lambda: list(ENCODER_NAMES), description="'gt' caches the masks"
+    )
     preset: str = "tiny"
     store: str = Field("runs/store.zarr", description="store path or fsspec URL")
     batch_size: int = Field(8, ge=1)
@@ -104,7 +106,10 @@ def prepare(cfg: ExtractConfig, blocks_per_shard: int = 4) -> list[Shard]:
 
 def require_encoder_group(cfg: ExtractConfig, group, enc: Encoder) -> EncoderGroup:
     """The encoder's sub-group for its fingerprint, with its arrays declared."""
-    arrays = {k: ArraySpec(tuple(v), cfg.dtype, cfg.codec) for k, v in enc.output_shapes().items()}
+    fixed = enc.output_dtypes()
+    arrays = {
+        k: ArraySpec(tuple(v), fixed.get(k, cfg.dtype), cfg.codec) for k, v in enc.output_shapes().items()
+    }
     return group.require_encoder(enc.name, enc.provenance(), arrays, cfg.allow_other_fingerprints)
 
 
@@ -124,10 +129,22 @@ class InputCache:
 _DECODE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="av2t-decode")
 
 
+def input_path(enc: Encoder, clip: Clip, k: int) -> Path | None:
+    """The file a row's input comes from (None: a frame without a GT mask)."""
+    if enc.input == "frames":
+        return clip.frame_paths[k - 1]
+    return clip.audio_path if enc.input == "audio" else clip.mask_paths[k - 1]
+
+
 def _load_one(enc: Encoder, clip: Clip, k: int, cache: InputCache) -> np.ndarray | DataError:
     """One row's raw input, or the DataError that names its bad file."""
     try:
-        return load_frame(clip.frame_paths[k - 1]) if enc.input == "frames" else cache.segments(clip)[k - 1]
+        if enc.input == "frames":
+            return load_frame(clip.frame_paths[k - 1])
+        if enc.input == "audio":
+            return cache.segments(clip)[k - 1]
+        path = clip.mask_paths[k - 1]
+        return load_mask(path) if path is not None else np.zeros(FRAME_SIZE[::-1], bool)
     except DataError as e:
         return e
 
@@ -135,7 +152,7 @@ def _load_one(enc: Encoder, clip: Clip, k: int, cache: InputCache) -> np.ndarray
 def load_inputs(enc: Encoder, clips: dict[str, Clip], index: SplitIndex, rows: np.ndarray, cache: InputCache):
     """Raw inputs of the rows (frames or audio segments) and a failure record for each bad one."""
     keys = [(clips[index.video[r]], int(index.frame[r])) for r in rows]
-    if enc.input == "frames":  # PNG decoding releases the GIL: decode in parallel
+    if enc.input != "audio":  # PNG decoding releases the GIL: decode in parallel
         loaded = list(_DECODE_POOL.map(lambda ck: _load_one(enc, *ck, cache), keys))
     else:  # five rows share one WAV: decode each once, in order
         loaded = [_load_one(enc, c, k, cache) for c, k in keys]
@@ -143,7 +160,7 @@ def load_inputs(enc: Encoder, clips: dict[str, Clip], index: SplitIndex, rows: n
     for i, ((clip, k), x) in enumerate(zip(keys, loaded, strict=True)):
         if isinstance(x, DataError):
             ok[i] = False
-            path = clip.frame_paths[k - 1] if enc.input == "frames" else clip.audio_path
+            path = input_path(enc, clip, k)
             failures.append(
                 {"row": int(rows[i]), "video": clip.id, "frame": k, "path": str(path), "error": str(x)}
             )

@@ -14,7 +14,7 @@ from pipeline.data.synth import write_synthetic
 from stages.extract import ExtractConfig, extract
 
 pytestmark = pytest.mark.slow
-ENCODERS = ["clip", "clap", "sam2", "beit3"]
+ENCODERS = ["clip", "clap", "sam2", "beit3", "gt"]
 
 
 def _arrays(store: Path) -> dict[str, np.ndarray]:

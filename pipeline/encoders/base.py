@@ -29,7 +29,7 @@ class Encoder(nn.Module, ABC):
     float32 mono one-second segments (B, sample_rate) at `sample_rate` Hz."""
 
     name: ClassVar[str]
-    input: ClassVar[Literal["frames", "audio"]]
+    input: ClassVar[Literal["frames", "audio", "masks"]]
     sample_rate: int | None = None
 
     @abstractmethod
@@ -43,6 +43,10 @@ class Encoder(nn.Module, ABC):
     @abstractmethod
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-row shape of every output of encode."""
+
+    def output_dtypes(self) -> dict[str, str]:
+        """Outputs stored in a fixed dtype (others follow the extraction's float16/float32 choice)."""
+        return {}
 
     @abstractmethod
     def config_dict(self) -> dict[str, Any]:

@@ -11,7 +11,13 @@ from pipeline.config import encoder_config
 from pipeline.encoders.base import Encoder
 
 # encoder name -> module under pipeline.encoders; each module has `Config` (pydantic) and `build`.
-MODULES = {"clip": "clip_image", "clap": "clap_audio", "sam2": "sam2_image", "beit3": "beit3"}
+MODULES = {
+    "clip": "clip_image",
+    "clap": "clap_audio",
+    "sam2": "sam2_image",
+    "beit3": "beit3",
+    "gt": "gt_mask",
+}
 ENCODER_NAMES = tuple(MODULES)
 
 

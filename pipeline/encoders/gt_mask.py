@@ -1,0 +1,75 @@
+"""Ground-truth masks as a store "encoder", so training reads masks from the store with the features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.encoders.base import Encoder
+
+
+class Config(BaseModel):
+    """Masks are stored at the size the metrics use (AVSBench: 224x224)."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: int = 224
+
+
+class GtMaskEncoder(Encoder):
+    """0/1 uint8 masks at `size`; rows without a GT mask (S4 train frames 2..5) are all zero."""
+
+    name: ClassVar[str] = "gt"
+    input: ClassVar[Literal["masks"]] = "masks"
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # gives the module a device
+
+    @property
+    def device(self) -> torch.device:
+        """Where outputs are produced."""
+        return self._anchor.device
+
+    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
+        """Bool (B, H, W) masks to uint8, nearest-resized to size when they differ."""
+        x = torch.from_numpy(np.asarray(batch, dtype=np.uint8))
+        if x.shape[1:] != (self.cfg.size, self.cfg.size):
+            x = F.interpolate(x[:, None].float(), size=(self.cfg.size,) * 2, mode="nearest")[:, 0].to(
+                torch.uint8
+            )
+        return x
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The masks themselves."""
+        return {"mask": x}
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """One (size, size) mask per row."""
+        return {"mask": (self.cfg.size, self.cfg.size)}
+
+    def output_dtypes(self) -> dict[str, str]:
+        """Masks stay uint8 whatever the feature dtype."""
+        return {"mask": "uint8"}
+
+    def config_dict(self) -> dict[str, Any]:
+        """The mask size."""
+        return {"size": self.cfg.size}
+
+    def preprocessing_dict(self) -> dict[str, Any]:
+        """How masks are read."""
+        return {"foreground": "pixel > 0 after 'L'", "resize": "nearest"}
+
+    def weights_digest(self) -> str:
+        """No weights."""
+        return "none"
+
+
+def build(cfg: Config, weights_dir: str | Path | None = None) -> GtMaskEncoder:
+    """The mask 'encoder'."""
+    return GtMaskEncoder(cfg)
