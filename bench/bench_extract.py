@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.data.synth import write_synthetic
-from stages.extract import ExtractConfig, InputCache, extract, get_encoder, load_inputs, prepare, split_index
+from stages.extract import ExtractConfig, InputCache, cfg_encoder, extract, load_inputs, prepare, split_index
 
 
 def time_stage(cfg: ExtractConfig) -> tuple[float, int]:
@@ -30,7 +30,7 @@ def time_stage(cfg: ExtractConfig) -> tuple[float, int]:
 
 def time_forward(cfg: ExtractConfig, name: str) -> tuple[float, int]:
     """Seconds and rows of the bare forward over the same rows, inputs decoded and preprocessed beforehand."""
-    enc = get_encoder(name, cfg.preset, cfg.weights_dir, cfg.device)
+    enc = cfg_encoder(cfg, name)
     batches, rows = [], 0
     for split in cfg.splits:
         clips, index = split_index(cfg, split)

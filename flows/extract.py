@@ -50,6 +50,7 @@ def extract_features(
     dtype: Literal["float16", "float32"] = "float16",
     frames: Literal["used", "all"] = "used",
     weights_dir: str | None = None,
+    overrides: dict[str, dict] | None = None,
     block_rows: int = 32,
     threads: int = 0,
     task_runner: RunnerKind = "threads",
@@ -71,6 +72,7 @@ def extract_features(
         dtype=dtype,
         frames=frames,
         weights_dir=Path(weights_dir) if weights_dir else None,
+        overrides=overrides or {},
         block_rows=block_rows,
         threads=threads,
     )

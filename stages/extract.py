@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cache import ArraySpec, EncoderGroup, FeatureStore, SplitIndex, fingerprint
+from cache.fingerprint import canonical_json
 from cache.index import FrameSelection
 from pipeline.data.audio import load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
@@ -42,6 +43,9 @@ class ExtractConfig(BaseModel):
     dtype: Literal["float16", "float32"] = "float16"
     frames: FrameSelection = Field("used", description="used: S4 train frame 1 only; all: every frame")
     weights_dir: Path | None = None
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='per-encoder config overrides, e.g. {"sam2": {"trunk_block": 44}}'
+    )
     block_rows: int = Field(32, ge=1, description="rows per write block (= shard)")
     codec: str = "zstd"
     allow_other_fingerprints: bool = False
@@ -61,13 +65,20 @@ _ENCODERS: dict[tuple, Encoder] = {}
 _ENCODERS_LOCK = threading.Lock()
 
 
-def get_encoder(name: str, preset: str, weights_dir: Path | None, device: str) -> Encoder:
-    """One built encoder per (name, preset, weights, device) per process, shared by its threads."""
-    key = (name, preset, str(weights_dir), str(resolve_device(device)))
+def get_encoder(
+    name: str, preset: str, weights_dir: Path | None, device: str, overrides: dict[str, Any] | None = None
+) -> Encoder:
+    """One built encoder per (name, preset, weights, device, overrides) per process, shared by its threads."""
+    key = (name, preset, str(weights_dir), str(resolve_device(device)), canonical_json(overrides or {}))
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
-            _ENCODERS[key] = build_encoder(name, preset, weights_dir, resolve_device(device))
+            _ENCODERS[key] = build_encoder(name, preset, weights_dir, resolve_device(device), overrides)
         return _ENCODERS[key]
+
+
+def cfg_encoder(cfg: ExtractConfig, name: str) -> Encoder:
+    """The encoder an extraction config asks for."""
+    return get_encoder(name, cfg.preset, cfg.weights_dir, cfg.device, cfg.overrides.get(name))
 
 
 @dataclass(frozen=True)
@@ -94,7 +105,7 @@ def prepare(cfg: ExtractConfig, blocks_per_shard: int = 4) -> list[Shard]:
         _, index = split_index(cfg, split)
         group = store.require_split(cfg.subset, split, index, cfg.block_rows)
         for name in cfg.encoders:
-            enc = get_encoder(name, cfg.preset, cfg.weights_dir, cfg.device)
+            enc = cfg_encoder(cfg, name)
             eg = require_encoder_group(cfg, group, enc)
             pending = eg.pending_blocks()
             for i in range(0, len(pending), blocks_per_shard):
@@ -191,7 +202,7 @@ def extract_shard(
     clips, _ = split_index(cfg, shard.split)
     by_id = {c.id: c for c in clips}
     group = FeatureStore(cfg.store).split(cfg.subset, shard.split)
-    enc = get_encoder(shard.encoder, cfg.preset, cfg.weights_dir, cfg.device)
+    enc = cfg_encoder(cfg, shard.encoder)
     eg = require_encoder_group(cfg, group, enc)
     index, cache = group.index, InputCache(enc.sample_rate)
     computed, failed = 0, []
@@ -240,7 +251,7 @@ def summarize(cfg: ExtractConfig) -> dict[str, Any]:
     for split in cfg.splits:
         group = store.split(cfg.subset, split)
         for name in cfg.encoders:
-            enc = get_encoder(name, cfg.preset, cfg.weights_dir, cfg.device)
+            enc = cfg_encoder(cfg, name)
             eg = group.encoder(name, fingerprint(enc.provenance()))
             out[f"{split}/{eg.key}"] = {
                 "rows_done": eg.rows_done(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,9 +34,10 @@ def build_encoder(
     preset: str | Path = "tiny",
     weights_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
+    overrides: dict[str, Any] | None = None,
 ) -> Encoder:
-    """A frozen encoder in eval mode on device, configured by the preset and loaded strictly."""
+    """A frozen encoder in eval mode on device, configured by the preset (plus overrides), loaded strictly."""
     mod = encoder_module(name)
-    cfg = mod.Config.model_validate(encoder_config(preset, name))
+    cfg = mod.Config.model_validate({**encoder_config(preset, name), **(overrides or {})})
     enc = mod.build(cfg, weights_dir=weights_dir)
     return enc.eval().requires_grad_(False).to(device)

@@ -12,6 +12,11 @@ level (`directly_add_no_mem_embed`) -> (C, H, W) maps. Outputs (S = image_size):
   decoder's conv_s0/conv_s1, exactly what `sam_mask_decoder(high_res_features=...)` takes;
 - highres="before_conv": `high_res_0_pre_conv` (256, S/4, S/4), `high_res_1_pre_conv` (256, S/8, S/8), the
   FPN levels before those convs, so a head can train them (`decoder_high_res` applies them).
+- trunk_block=k (optional, for adapters on Hiera blocks k..end): also `trunk_in`, the trunk activation at block
+  k's input (before any adapter is added), and `stage_out_{j}` for every trunk stage j that ends before block
+  k. All are channels first, (C, H, W), like every other output (Hiera itself works channels last: permute).
+  With k=0, `trunk_in` is the patch embedding plus the position embedding. `run_trunk_blocks` and
+  `neck_levels` run the rest of the image encoder from them.
 
 Weights: an EVF-SAM2 checkpoint (`visual_model.*` of `YxZhang/evf-sam2-multitask`'s model.safetensors) or
 Meta's `{"model": state_dict}` .pt (`sam2_hiera_large.pt`), both loaded strictly into the whole SAM2Base.
@@ -31,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sam2.modeling.sam2_base import SAM2Base
 from torch import nn
 
@@ -40,6 +45,7 @@ from pipeline.config import resolve_weights
 from pipeline.encoders.base import Encoder
 
 IMAGE_EMBED = "image_embed"
+TRUNK_IN = "trunk_in"
 HIGH_RES = {
     "after_conv": ("high_res_0", "high_res_1"),
     "before_conv": ("high_res_0_pre_conv", "high_res_1_pre_conv"),
@@ -92,6 +98,9 @@ class Config(BaseModel):
     """Checkpoint path relative to the weights folder; None = random weights from `seed`."""
     weights_format: Literal["evf-sam2", "sam2"] = "evf-sam2"
     """evf-sam2: an EVF-SAM2 model.safetensors (its visual_model.*); sam2: Meta's {"model": state_dict}."""
+    trunk_block: int | None = Field(None, ge=0)
+    """Also output the trunk activation at this Hiera block's input (`trunk_in`) and the outputs of the
+    stages that end before it (`stage_out_{j}`): what adapters starting at this block train from."""
     seed: int = 0
 
 
@@ -103,6 +112,9 @@ class Sam2ImageEncoder(Encoder):
 
     def __init__(self, sam: SAM2Base, cfg: Config):
         super().__init__()
+        n_blocks = len(sam.image_encoder.trunk.blocks)
+        if cfg.trunk_block is not None and cfg.trunk_block >= n_blocks:
+            raise ValueError(f"trunk_block {cfg.trunk_block}: the trunk has blocks 0..{n_blocks - 1}")
         self.sam = sam
         self.cfg = cfg
         self.model_cfg: dict[str, Any] = OmegaConf.to_container(model_config(cfg), resolve=True)
@@ -117,10 +129,15 @@ class Sam2ImageEncoder(Encoder):
         """Per-frame features: image_embed plus the two high-res levels (after or before conv_s0/conv_s1)."""
         p = next(self.sam.parameters())
         x = x.to(p.device, p.dtype)
-        if self.cfg.highres == "after_conv":
-            backbone_out = self.sam.forward_image(x)  # applies conv_s0/conv_s1 to levels 0 and 1
-        else:
+        out: dict[str, torch.Tensor] = {}
+        if self.cfg.trunk_block is None:
             backbone_out = self.sam.image_encoder(x)
+        else:
+            backbone_out, out = self._encode_via_trunk_block(x, self.cfg.trunk_block)
+        if self.cfg.highres == "after_conv":  # what SAM2Base.forward_image does to levels 0 and 1
+            fpn = backbone_out["backbone_fpn"]
+            fpn[0] = self.sam.sam_mask_decoder.conv_s0(fpn[0])
+            fpn[1] = self.sam.sam_mask_decoder.conv_s1(fpn[1])
         _, feats, _, sizes = self.sam._prepare_backbone_features(backbone_out)
         if self.sam.directly_add_no_mem_embed:
             feats[-1] = feats[-1] + self.sam.no_mem_embed
@@ -129,7 +146,18 @@ class Sam2ImageEncoder(Encoder):
             f.permute(1, 2, 0).reshape(x.shape[0], -1, h, w).contiguous()
             for f, (h, w) in zip(feats, sizes, strict=True)
         ]
-        return {IMAGE_EMBED: maps[2], self.high_res_names[0]: maps[0], self.high_res_names[1]: maps[1]}
+        return {IMAGE_EMBED: maps[2], self.high_res_names[0]: maps[0], self.high_res_names[1]: maps[1], **out}
+
+    def _encode_via_trunk_block(self, x: torch.Tensor, k: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The image encoder's output, computed in two halves around block k, plus the activations there."""
+        trunk = self.sam.image_encoder.trunk
+        xk, early = run_trunk_blocks(trunk, trunk_embed(trunk, x), 0, k)
+        _, late = run_trunk_blocks(trunk, xk, k)
+        feats, pos = neck_levels(self.sam.image_encoder, [*early, *late])
+        backbone_out = {"vision_features": feats[-1], "vision_pos_enc": pos, "backbone_fpn": feats}
+        out = {TRUNK_IN: xk.permute(0, 3, 1, 2).contiguous()}
+        out.update({stage_out_name(j): f.contiguous() for j, f in enumerate(early)})
+        return backbone_out, out
 
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-frame shapes, from the image size and the built model's widths."""
@@ -142,7 +170,14 @@ class Sam2ImageEncoder(Encoder):
             else (d, d)
         )
         n0, n1 = self.high_res_names
-        return {IMAGE_EMBED: (d, s // 16, s // 16), n0: (c0, s // 4, s // 4), n1: (c1, s // 8, s // 8)}
+        shapes = {IMAGE_EMBED: (d, s // 16, s // 16), n0: (c0, s // 4, s // 4), n1: (c1, s // 8, s // 8)}
+        k = self.cfg.trunk_block
+        if k is not None:
+            block_in, stage_out = trunk_shapes(self.sam.image_encoder.trunk, s)
+            shapes[TRUNK_IN] = block_in[k]
+            ends = emitting_blocks(self.sam.image_encoder.trunk)
+            shapes.update({stage_out_name(j): stage_out[j] for j, e in enumerate(ends) if e < k})
+        return shapes
 
     def config_dict(self) -> dict[str, Any]:
         """The image encoder's resolved config, the image size and which high-res levels are output."""
@@ -153,6 +188,8 @@ class Sam2ImageEncoder(Encoder):
             "directly_add_no_mem_embed": bool(self.sam.directly_add_no_mem_embed),
             "highres": self.cfg.highres,
             "outputs": list(self.output_shapes()),
+            # only when set, so that the stores extracted before the option existed keep their fingerprint
+            **({"trunk_block": self.cfg.trunk_block} if self.cfg.trunk_block is not None else {}),
         }
 
     def preprocessing_dict(self) -> dict[str, Any]:
@@ -173,6 +210,73 @@ def decoder_high_res(features: Mapping[str, torch.Tensor], mask_decoder: nn.Modu
         return [features[n] for n in HIGH_RES["after_conv"]]
     s0, s1 = (features[n] for n in HIGH_RES["before_conv"])
     return [mask_decoder.conv_s0(s0), mask_decoder.conv_s1(s1)]
+
+
+# ---------------------------------------------------------------- the image encoder in parts
+
+
+def stage_out_name(j: int) -> str:
+    """Name of the cached output of trunk stage j."""
+    return f"stage_out_{j}"
+
+
+def emitting_blocks(trunk: nn.Module) -> list[int]:
+    """The blocks whose outputs the trunk returns (its stage ends), in order: stage j ends at entry j."""
+    ends = list(trunk.stage_ends)
+    return ends if trunk.return_interm_layers else ends[-1:]
+
+
+def trunk_embed(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Hiera's input to block 0: patch embedding plus the windowed position embedding (B, H, W, C)."""
+    x = trunk.patch_embed(x)
+    return x + trunk._get_pos_embed(x.shape[1:3])
+
+
+def run_trunk_blocks(
+    trunk: nn.Module,
+    x: torch.Tensor,
+    start: int,
+    stop: int | None = None,
+    prompts: Mapping[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Hiera blocks start..stop-1 on channels-last x, as Hiera.forward runs them.
+
+    prompts[i] (B, C_i), when given, is added to block i's input, broadcast over H and W (AV2T's adapters).
+    Returns the activation after the last block run and the channels-first outputs of the stages that end
+    in the range, in order.
+    """
+    stop = len(trunk.blocks) if stop is None else stop
+    ends = set(emitting_blocks(trunk))
+    outs = []
+    for i in range(start, stop):
+        if prompts is not None and i in prompts:
+            x = x + prompts[i][:, None, None, :]
+        x = trunk.blocks[i](x)
+        if i in ends:
+            outs.append(x.permute(0, 3, 1, 2))
+    return x, outs
+
+
+def neck_levels(image_encoder: nn.Module, stages: list[torch.Tensor]) -> tuple[list, list]:
+    """FPN levels and position encodings from the trunk's stage outputs, as ImageEncoder.forward (scalp)."""
+    feats, pos = image_encoder.neck(stages)
+    if image_encoder.scalp > 0:
+        feats, pos = feats[: -image_encoder.scalp], pos[: -image_encoder.scalp]
+    return feats, pos
+
+
+def trunk_shapes(trunk: nn.Module, image_size: int) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """(C, H, W) of every block's input, and of every stage output, for a square image_size input."""
+    h = image_size // trunk.patch_embed.proj.stride[0]
+    ends = set(emitting_blocks(trunk))
+    block_in, stage_out = [], []
+    for i, blk in enumerate(trunk.blocks):
+        block_in.append((blk.dim, h, h))
+        if blk.pool is not None:  # query pooling: MaxPool2d(q_stride), floor
+            h //= blk.q_stride[0]
+        if i in ends:
+            stage_out.append((blk.dim_out, h, h))
+    return block_in, stage_out
 
 
 # ---------------------------------------------------------------- preprocessing
