@@ -12,6 +12,7 @@ import torch
 from pipeline.metrics import (
     THRESHOLDS,
     MetricAccumulator,
+    _buckets,
     f_curve,
     frame_iou,
     m_f,
@@ -131,8 +132,8 @@ def test_full_size_batch_is_bit_exact():
     """A 5 x 224 x 224 batch: curves and IoUs equal the reference bit for bit."""
     logits, gt = random_batch(7, n=5, size=224, empty=(3,))
     assert torch.equal(frame_iou(logits, gt), ref_frame_iou(logits, gt))
-    assert torch.equal(f_curve(logits, gt)[0], ref_curve(logits, gt)[0])
-    check_against_reference(logits, gt)
+    curve, counted = f_curve(logits, gt)
+    assert torch.equal(curve, ref_curve(logits, gt)[0]) and counted == 4
 
 
 def test_all_empty_batch():
@@ -178,6 +179,15 @@ def test_ties_at_thresholds():
     gt = (torch.arange(n_pix) % 3 == 0).float().view(3, 16, 16)
     check_against_reference(logits, gt)
     check_against_reference(logits, 1 - gt)
+
+
+def test_buckets_count_thresholds_at_or_below_each_score():
+    """The fast bucketing equals counting `score >= t_k` directly, around every threshold and at extremes."""
+    bits = THRESHOLDS.view(torch.int32)[1:, None] + torch.arange(-40, 41, dtype=torch.int32)
+    special = torch.tensor([math.nan, math.inf, -math.inf, 1e38, -1e38, -0.0, 1e-45, 0.5, 2.0, -0.5])
+    scores = torch.cat([bits.view(torch.float32).flatten(), THRESHOLDS, special, torch.randn(20000) * 3])
+    direct = (scores[:, None] >= THRESHOLDS[None, :]).sum(1)
+    assert torch.equal(_buckets(scores).long(), direct)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -333,11 +343,12 @@ def test_video_table():
     assert list(table.columns) == ["video", "category", "frames", "M_J", "F"]
     for (name, cat, logits, gt), row in zip(videos(), table.itertuples(), strict=True):
         assert (row.video, row.category, row.frames) == (name, cat, logits.shape[0])
-        assert row.M_J == pytest.approx(m_j(logits, gt), abs=1e-7)
+        mj, f = row.M_J, row.F
+        assert mj == pytest.approx(m_j(logits, gt), abs=1e-7)
         if gt.any():
-            assert row.F == pytest.approx(m_f(logits, gt), abs=1e-7)
+            assert f == pytest.approx(m_f(logits, gt), abs=1e-7)
         else:
-            assert math.isnan(row.F)
+            assert math.isnan(f)
 
 
 @pytest.mark.parametrize("batching", ["video", "all"])
