@@ -99,6 +99,39 @@ def _cmd_extract(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(a: argparse.Namespace) -> int:
+    from flows.train import train_head
+    from pipeline.model import head_config
+
+    head = None
+    if a.head:
+        try:
+            head = head_config(a.preset, **json.loads(Path(a.head).read_text()))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"av2t: error: {a.head}: {e}") from e
+    rows = train_head(
+        store=a.store,
+        subset=a.subset,
+        preset=a.preset,
+        head=head,
+        sweep_file=str(a.sweep) if a.sweep else None,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        out=str(a.out),
+        device=a.device,
+        seed=a.seed,
+        resume=not a.no_resume,
+        weights_dir=str(a.weights_dir) if a.weights_dir else None,
+        threads=a.threads,
+    )
+    import pandas as pd
+
+    print(pd.DataFrame(rows).drop(columns=["checkpoint"]).to_string(index=False))
+    print(f"checkpoints and logs under {a.out}")
+    return 0
+
+
 def _cmd_serve(a: argparse.Namespace) -> int:
     from flows.serve import main as serve
 
@@ -170,6 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--workers", type=int, default=1, help="threads, or local Dask workers")
     x.add_argument("--dask-address", help="scheduler address of an existing Dask cluster")
     x.set_defaults(func=_cmd_extract)
+
+    t = sub.add_parser("train", help="run the train-head flow here: one head, or --sweep FILE of heads")
+    t.add_argument("--store", default="runs/store.zarr")
+    t.add_argument("--subset", required=True, choices=["s4", "ms3"])
+    t.add_argument("--preset", default="tiny")
+    t.add_argument("--head", type=Path, help="JSON file of HeadConfig fields (default: the paper's mul head)")
+    t.add_argument("--sweep", type=Path, help="JSON file {name: HeadConfig fields}: all trained in one pass")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--out", type=Path, default=Path("runs/train"))
+    t.add_argument("--device", default="auto")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    t.add_argument("--weights-dir", type=Path)
+    t.add_argument("--threads", type=int, default=0)
+    t.set_defaults(func=_cmd_train)
 
     sv = sub.add_parser("serve", help="serve a `default` deployment of every flow (needs a Prefect server)")
     sv.set_defaults(func=_cmd_serve)

@@ -196,9 +196,21 @@ def extract_shard(
     cfg: ExtractConfig, shard: Shard, progress: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
     """Compute and write one shard's pending rows; returns counts and failures."""
-    if cfg.threads:
-        # CPU kernels reduce in a thread-count-dependent order: pin it to reproduce features bit for bit.
-        torch.set_num_threads(cfg.threads)
+    if not cfg.threads:
+        return _extract_shard(cfg, shard, progress)
+    # CPU kernels reduce in a thread-count-dependent order: pin it to reproduce features bit for bit,
+    # and give the caller its own setting back afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _extract_shard(cfg, shard, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _extract_shard(
+    cfg: ExtractConfig, shard: Shard, progress: Callable[[int], None] | None
+) -> dict[str, Any]:
     clips, _ = split_index(cfg, shard.split)
     by_id = {c.id: c for c in clips}
     group = FeatureStore(cfg.store).split(cfg.subset, shard.split)

@@ -313,3 +313,50 @@ def test_preprocessing_matches_sam2_transforms(hw, size):
 def test_preprocessing_rejects_non_uint8_frames():
     with pytest.raises(ValueError, match="uint8"):
         S.preprocess_frames(frames(1).astype(np.float32), 128)
+
+
+# ---------------------------------------------------------------- trunk activations (adapters from block k)
+
+
+@pytest.mark.parametrize("block", [0, 1, 3, 5])
+def test_trunk_block_outputs_add_to_the_usual_ones(tiny, block):
+    enc = S.build(tiny_cfg(trunk_block=block))
+    x = enc.preprocess(frames(2))
+    out, plain = enc.encode(x), tiny.encode(x)
+    for k, v in plain.items():  # the same features, computed in two halves
+        assert torch.equal(out[k], v), k
+    assert {k: tuple(v.shape[1:]) for k, v in out.items()} == enc.output_shapes()
+    trunk = enc.sam.image_encoder.trunk
+    n_early = sum(e < block for e in trunk.stage_ends)
+    assert list(out)[len(plain) :] == ["trunk_in"] + [f"stage_out_{j}" for j in range(n_early)]
+    with torch.no_grad():
+        stages = trunk(x)
+        if block == 0:  # the patch embedding plus the position embedding, channels first
+            first = S.trunk_embed(trunk, x).permute(0, 3, 1, 2)
+            torch.testing.assert_close(out["trunk_in"], first, rtol=0, atol=0)
+        _, late = S.run_trunk_blocks(trunk, out["trunk_in"].permute(0, 2, 3, 1), block)
+    for j in range(n_early):
+        assert torch.equal(out[f"stage_out_{j}"], stages[j])
+    for got, want in zip(late, stages[n_early:], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_trunk_block_config_and_range():
+    assert "trunk_block" not in S.build(tiny_cfg()).config_dict()  # old stores keep their fingerprint
+    enc = S.build(tiny_cfg(trunk_block=3))
+    assert enc.config_dict()["trunk_block"] == 3 and "trunk_in" in enc.config_dict()["outputs"]
+    with pytest.raises(ValueError, match="blocks 0..5"):
+        S.build(tiny_cfg(trunk_block=6))
+    with pytest.raises(ValueError):
+        tiny_cfg(trunk_block=-1)
+
+
+def test_paper_trunk_outputs_and_bytes_per_frame(paper_meta):
+    first = S.Sam2ImageEncoder(paper_meta, paper_cfg(trunk_block=0)).output_shapes()
+    late = S.Sam2ImageEncoder(paper_meta, paper_cfg(trunk_block=44)).output_shapes()
+    assert first["trunk_in"] == (144, 256, 256) and not any(k.startswith("stage_out") for k in first)
+    assert late["trunk_in"] == (576, 64, 64)
+    assert [late[f"stage_out_{j}"] for j in range(3)] == [(144, 256, 256), (288, 128, 128), (576, 64, 64)]
+    assert "stage_out_3" not in late
+    extra = 2 * sum(int(np.prod(s)) for k, s in late.items() if k.startswith(("trunk", "stage")))
+    assert (2 * int(np.prod(first["trunk_in"])), extra) == (18 * MIB, 36 * MIB)

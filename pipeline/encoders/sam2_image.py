@@ -12,9 +12,9 @@ level (`directly_add_no_mem_embed`) -> (C, H, W) maps. Outputs (S = image_size):
   decoder's conv_s0/conv_s1, exactly what `sam_mask_decoder(high_res_features=...)` takes;
 - highres="before_conv": `high_res_0_pre_conv` (256, S/4, S/4), `high_res_1_pre_conv` (256, S/8, S/8), the
   FPN levels before those convs, so a head can train them (`decoder_high_res` applies them).
-- trunk_block=k (optional, for adapters on Hiera blocks k..end): also `trunk_in`, the trunk activation at block
-  k's input (before any adapter is added), and `stage_out_{j}` for every trunk stage j that ends before block
-  k. All are channels first, (C, H, W), like every other output (Hiera itself works channels last: permute).
+- trunk_block=k (optional, for adapters on Hiera blocks k..end): also `trunk_in`, the trunk activation at
+  block k's input (before any adapter is added), and `stage_out_{j}` for every trunk stage j that ends before
+  block k. All are channels first, (C, H, W), like every other output (Hiera works channels last: permute).
   With k=0, `trunk_in` is the patch embedding plus the position embedding. `run_trunk_blocks` and
   `neck_levels` run the rest of the image encoder from them.
 
@@ -148,7 +148,9 @@ class Sam2ImageEncoder(Encoder):
         ]
         return {IMAGE_EMBED: maps[2], self.high_res_names[0]: maps[0], self.high_res_names[1]: maps[1], **out}
 
-    def _encode_via_trunk_block(self, x: torch.Tensor, k: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    def _encode_via_trunk_block(
+        self, x: torch.Tensor, k: int
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """The image encoder's output, computed in two halves around block k, plus the activations there."""
         trunk = self.sam.image_encoder.trunk
         xk, early = run_trunk_blocks(trunk, trunk_embed(trunk, x), 0, k)

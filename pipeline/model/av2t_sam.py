@@ -1,0 +1,383 @@
+"""AV2T-SAM: CLIP x CLAP -> pseudo-tokens -> frozen BEiT-3 -> SAM 2 prompt -> mask (bok-bok/AV2T-SAM).
+
+Per frame (B frames at once):
+1. fused = Projector(clip, clap): L2-normalise, project to d_shared, fuse (mul = element-wise product);
+2. tokens = to_text_space(fused) as n_tokens rows of BEiT-3's width, placed after the vision tokens;
+3. BEiT-3 (frozen) -> output token 0 -> `text_hidden_fcs` (D -> D -> 256) = ONE sparse prompt token; the dense
+   prompt is `no_mask_embed` (EVF's vendored SAM 2 prompt encoder with `text_embeds`);
+4. SAM 2 image features: without adapters straight from the cache; with adapters on Hiera blocks k..end,
+   block i's input gets `lightweight_mlp_i(fused)` added (broadcast over H x W); the trunk from block k, the
+   frozen FPN neck, conv_s0/conv_s1 and `no_mem_embed` run in the step (gradients flow through them);
+5. the mask decoder (multimask): of the 3 masks, the one with the highest predicted IoU, upsampled bilinearly
+   to mask_size (224).
+
+`forward_cached` reads store arrays; `forward_raw` starts from uint8 frames with the encoders' own
+preprocessing. Both share every step after the features, so for the same weights they give the same logits.
+
+Trainable, as in AV2T: the projector and MLP, the adapters, `text_hidden_fcs`, the whole SAM 2 mask decoder
+and `no_mask_embed`; the head keeps its own copies of the last two, so the encoders it is built from stay
+untouched (their weights digests stay valid). Frozen: BEiT-3, the Hiera trunk, the FPN neck, the rest of the
+prompt encoder, the memory modules. One exception, forced by the cache layout: a cache of the high-res levels
+*after* conv_s0/conv_s1 (sam2 highres="after_conv") without adapters freezes those two convs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.checkpoints import EVF_PREFIXES, CheckpointError, load_strict, read_evf_sam2, require_file
+from pipeline.config import resolve_weights
+from pipeline.encoders import sam2_image as S
+from pipeline.encoders.beit3 import OUTPUT as BEIT3_PATCHES
+from pipeline.encoders.beit3 import Beit3Encoder
+from pipeline.encoders.registry import build_encoder
+from pipeline.model.adapters import AdapterBank
+from pipeline.model.config import HeadConfig
+from pipeline.model.fusion import Projector
+
+# The clip / clap encoders' output names (their modules' OUTPUT; not imported here: open_clip and
+# laion_clap take seconds to import and training from the cache never needs them).
+CLIP, CLAP = "clip", "clap"
+# Top-level modules of the head: exactly what trainable_state_dict holds.
+HEAD_MODULES = ("projector", "audio_prompt_generator", "text_hidden_fcs", "sam_mask_decoder", "no_mask_embed")
+# Our key prefix -> the prefix of the same tensor in the reference's `{name}_best.pth` (AVTSAM.state_dict()).
+REFERENCE_PREFIXES = {
+    "projector.": "projector.",
+    "audio_prompt_generator.": "audio_prompt_generator.",
+    "text_hidden_fcs.": "model.text_hidden_fcs.",
+    "sam_mask_decoder.": "model.visual_model.sam_mask_decoder.",
+    "no_mask_embed.": "model.visual_model.sam_prompt_encoder.no_mask_embed.",
+}
+FCS_PREFIX = "text_hidden_fcs."
+TEXT_FCS_SOURCE = "the EVF-SAM2 checkpoint, HF YxZhang/evf-sam2-multitask (model.safetensors)"
+
+
+def text_hidden_fcs(width: int, prompt_dim: int) -> nn.ModuleList:
+    """EVF's projection of BEiT-3's output token to the SAM prompt: [Linear(D, D), ReLU, Linear(D, 256)]."""
+    return nn.ModuleList([nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, prompt_dim))])
+
+
+def upsample_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, M, h, w) -> (B, M, size, size), bilinear, align_corners=False (EVF's postprocess_masks)."""
+    return F.interpolate(masks.float(), (size, size), mode="bilinear", align_corners=False)
+
+
+def select_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mask with the highest predicted IoU per row: (masks (B, h, w), its IoU (B,), its index (B,))."""
+    choice = iou.argmax(dim=1)
+    rows = torch.arange(masks.shape[0], device=masks.device)
+    return masks[rows, choice], iou[rows, choice], choice
+
+
+class AV2TSAM(nn.Module):
+    """The AV2T-SAM model over frozen SAM 2 and BEiT-3 encoders; trains from cached features or raw frames."""
+
+    def __init__(
+        self,
+        cfg: HeadConfig,
+        sam2: S.Sam2ImageEncoder,
+        beit3: Beit3Encoder,
+        d_clip: int,
+        d_clap: int,
+        text_fcs: Mapping[str, torch.Tensor] | None = None,
+        text_fcs_source: str | Path = "text_hidden_fcs",
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.sam2 = sam2.eval().requires_grad_(False)
+        self.beit3 = beit3.eval().requires_grad_(False)
+        sam = sam2.sam
+        trunk = sam.image_encoder.trunk
+        n_blocks = len(trunk.blocks)
+        if cfg.adapters and cfg.adapter_start_block >= n_blocks:
+            raise ValueError(
+                f"adapter_start_block {cfg.adapter_start_block}: the trunk has blocks 0..{n_blocks - 1}"
+            )
+        if cfg.n_tokens > beit3.max_text_tokens:
+            raise ValueError(f"n_tokens {cfg.n_tokens} > BEiT-3's {beit3.max_text_tokens} text positions")
+        width, prompt_dim = beit3.cfg.embed_dim, sam.sam_prompt_encoder.embed_dim
+        self.d_clip, self.d_clap = d_clip, d_clap
+        with torch.random.fork_rng(devices=[]):  # seeded, caller's RNG untouched
+            torch.manual_seed(cfg.seed)
+            self.projector = Projector(cfg, d_clip, d_clap, width)
+            if cfg.adapters:
+                widths = {i: trunk.blocks[i].dim for i in range(cfg.adapter_start_block, n_blocks)}
+                self.audio_prompt_generator = AdapterBank(cfg.d_shared, cfg.adapter_hidden, widths)
+            self.text_hidden_fcs = text_hidden_fcs(width, prompt_dim)
+        if text_fcs is not None:
+            load_strict(self.text_hidden_fcs, text_fcs, text_fcs_source)
+        # Own copies: training must not change the encoders' weights (conv_s0/conv_s1 make after_conv caches).
+        self.sam_mask_decoder = copy.deepcopy(sam.sam_mask_decoder).requires_grad_(True)
+        self.no_mask_embed = copy.deepcopy(sam.sam_prompt_encoder.no_mask_embed).requires_grad_(True)
+        self.convs_frozen = self.highres == "after_conv" and not cfg.adapters
+        if self.convs_frozen:
+            self.sam_mask_decoder.conv_s0.requires_grad_(False)
+            self.sam_mask_decoder.conv_s1.requires_grad_(False)
+        self.train()
+
+    # ------------------------------------------------------------ description
+
+    @property
+    def highres(self) -> str:
+        """How the cache holds the two high-res levels (the SAM 2 encoder's setting)."""
+        return self.sam2.cfg.highres
+
+    def cached_fields(self) -> dict[str, list[str]]:
+        """The store arrays forward_cached needs, per encoder name."""
+        fields = {"clip": [CLIP], "clap": [CLAP], "beit3": [BEIT3_PATCHES]}
+        if self.cfg.adapters:
+            k = self.cfg.adapter_start_block
+            ends = S.emitting_blocks(self.sam2.sam.image_encoder.trunk)
+            fields["sam2"] = [S.TRUNK_IN] + [S.stage_out_name(j) for j, e in enumerate(ends) if e < k]
+        else:
+            fields["sam2"] = [S.IMAGE_EMBED, *S.HIGH_RES[self.highres]]
+        return fields
+
+    def head_modules(self) -> dict[str, nn.Module]:
+        """The modules this model trains (and saves), by name."""
+        return {n: getattr(self, n) for n in HEAD_MODULES if hasattr(self, n)}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The head's state (everything not in the frozen encoders), detached."""
+        return {
+            f"{name}.{k}": v.detach().clone()
+            for name, m in self.head_modules().items()
+            for k, v in m.state_dict().items()
+        }
+
+    def load_trainable_state_dict(self, sd: Mapping[str, torch.Tensor], source: str | Path = "state") -> None:
+        """Load a trainable_state_dict strictly (missing, extra or mis-shaped keys raise CheckpointError)."""
+        head = nn.ModuleDict(self.head_modules())  # same keys as trainable_state_dict, shares the tensors
+        if self.convs_frozen:
+            self._check_frozen_convs(sd, source)
+        load_strict(head, sd, source)
+
+    def _check_frozen_convs(self, sd: Mapping[str, torch.Tensor], source: str | Path) -> None:
+        """An after_conv cache was made with the SAM 2 weights' conv_s0/conv_s1: a state must keep them."""
+        ref = self.sam2.sam.sam_mask_decoder
+        for conv in ("conv_s0", "conv_s1"):
+            for k, v in getattr(ref, conv).state_dict().items():
+                key = f"sam_mask_decoder.{conv}.{k}"
+                if key in sd and not torch.equal(sd[key].to(v), v):
+                    raise CheckpointError(
+                        f"{source}: {key} differs from the SAM 2 weights, but high-res features cached after "
+                        "conv_s0/conv_s1 (highres='after_conv') fix those convs; use highres='before_conv'"
+                    )
+
+    def frozen_fingerprints(self) -> dict[str, str]:
+        """Weights digests of the frozen encoders this head depends on."""
+        return {"sam2": self.sam2.weights_digest(), "beit3": self.beit3.weights_digest()}
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts: trainable, frozen, and per head module."""
+        counts = {name: sum(p.numel() for p in m.parameters()) for name, m in self.head_modules().items()}
+        counts["trainable"] = sum(p.numel() for p in self.trainable_parameters())
+        counts["frozen"] = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        return counts
+
+    def train(self, mode: bool = True) -> AV2TSAM:
+        """Train mode for the head; the frozen encoders stay in eval mode."""
+        super().train(mode)
+        self.sam2.eval()
+        self.beit3.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live."""
+        return self.no_mask_embed.weight.device
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """forward_cached."""
+        return self.forward_cached(batch)
+
+    def forward_cached(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Store arrays (see cached_fields) -> logits (B, S, S), iou_pred (B,) and the per-mask outputs."""
+        need = [n for names in self.cached_fields().values() for n in names]
+        missing = [n for n in need if n not in batch]
+        if missing:
+            hint = (
+                f" (extract sam2 with trunk_block={self.cfg.adapter_start_block})"
+                if self.cfg.adapters and any(n.startswith(("trunk_in", "stage_out_")) for n in missing)
+                else ""
+            )
+            raise KeyError(f"batch lacks {missing}{hint}; it has {sorted(batch)}")
+        x = {n: self._as_input(batch[n]) for n in need}
+        fused = self.projector(x[CLIP], x[CLAP])
+        prompt = self._prompt(x[BEIT3_PATCHES], fused)
+        if self.cfg.adapters:
+            early = [x[n] for n in self.cached_fields()["sam2"][1:]]
+            embed, high_res = self._sam_from_block(x[S.TRUNK_IN].permute(0, 2, 3, 1), early, fused)
+        elif self.highres == "after_conv":
+            embed, high_res = x[S.IMAGE_EMBED], [x[n] for n in S.HIGH_RES["after_conv"]]
+        else:
+            s0, s1 = (x[n] for n in S.HIGH_RES["before_conv"])
+            dec = self.sam_mask_decoder
+            embed, high_res = x[S.IMAGE_EMBED], [dec.conv_s0(s0), dec.conv_s1(s1)]
+        return self._decode(embed, high_res, prompt)
+
+    def forward_raw(
+        self, frames: np.ndarray | torch.Tensor, clip: torch.Tensor, clap: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """End to end: uint8 RGB frames (B, H, W, 3) + their CLIP and CLAP embeddings -> as forward_cached."""
+        if isinstance(frames, torch.Tensor):
+            frames = frames.detach().cpu().numpy()
+        fused = self.projector(self._as_input(clip), self._as_input(clap))
+        with torch.no_grad():  # frozen and upstream of anything trained
+            patches = self.beit3.beit3.vision_embed(self._as_input(self.beit3.preprocess(frames)))
+            image = self._as_input(self.sam2.preprocess(frames))
+        prompt = self._prompt(patches, fused)
+        image_encoder = self.sam2.sam.image_encoder
+        if self.cfg.adapters:
+            k = self.cfg.adapter_start_block
+            with torch.no_grad():
+                xk, early = S.run_trunk_blocks(
+                    image_encoder.trunk, S.trunk_embed(image_encoder.trunk, image), 0, k
+                )
+            embed, high_res = self._sam_from_block(xk, early, fused)
+        else:
+            with torch.no_grad():
+                feats, _ = S.neck_levels(image_encoder, image_encoder.trunk(image))
+            embed, high_res = self._levels(feats)
+        return self._decode(embed, high_res, prompt)
+
+    # ------------------------------------------------------------ steps
+
+    def _as_input(self, t: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """A batch array as a float tensor on the model's device and dtype (float16 caches are upcast)."""
+        p = self.no_mask_embed.weight
+        return torch.as_tensor(t).to(device=p.device, dtype=p.dtype)
+
+    def _prompt(self, patches: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        """BEiT-3 on the vision patches + pseudo-tokens -> output token 0 -> text_hidden_fcs: (B, 1, 256)."""
+        cls = self.beit3.forward_tokens(patches, self.projector.tokens(fused))
+        return self.text_hidden_fcs[0](cls[:, None, :])
+
+    def _sam_from_block(
+        self, xk: torch.Tensor, early: list[torch.Tensor], fused: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Trunk from block k (channels-last xk) with the adapters, then the neck, the convs, no_mem_embed."""
+        trunk = self.sam2.sam.image_encoder.trunk
+        prompts = self.audio_prompt_generator(fused)
+        _, late = S.run_trunk_blocks(trunk, xk, self.cfg.adapter_start_block, prompts=prompts)
+        feats, _ = S.neck_levels(self.sam2.sam.image_encoder, [*early, *late])
+        return self._levels(feats)
+
+    def _levels(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """FPN levels (S/4, S/8, S/16) -> the decoder's image embedding and high-res features.
+
+        As SAM2Base.forward_image + _prepare_backbone_features + EVF: conv_s0/conv_s1 on the two high-res
+        levels, no_mem_embed added to the S/16 level.
+        """
+        sam = self.sam2.sam
+        if len(feats) != 3:
+            raise ValueError(f"expected 3 FPN levels after the scalp, got {len(feats)}")
+        embed = feats[2]
+        if sam.directly_add_no_mem_embed:
+            embed = embed + sam.no_mem_embed.view(1, -1, 1, 1)
+        dec = self.sam_mask_decoder
+        return embed, [dec.conv_s0(feats[0]), dec.conv_s1(feats[1])]
+
+    def _decode(
+        self, embed: torch.Tensor, high_res: list[torch.Tensor], prompt: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Mask decoder with the text prompt (multimask), the best mask by predicted IoU, upsampled."""
+        pe = self.sam2.sam.sam_prompt_encoder
+        h, w = pe.image_embedding_size
+        dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(embed.shape[0], -1, h, w)
+        low_res, iou_all, _, _ = self.sam_mask_decoder(
+            image_embeddings=embed,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=prompt,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+            repeat_image=False,
+            high_res_features=high_res,
+        )
+        best, iou_pred, choice = select_best(low_res, iou_all)
+        logits = upsample_masks(best[:, None], self.cfg.mask_size)[:, 0]
+        return {
+            "logits": logits,
+            "iou_pred": iou_pred,
+            "low_res_masks": low_res,
+            "iou_preds": iou_all,
+            "choice": choice,
+        }
+
+
+# ---------------------------------------------------------------- building
+
+
+def read_text_hidden_fcs(path: str | Path) -> dict[str, torch.Tensor]:
+    """EVF's `text_hidden_fcs.*` from an EVF-SAM2 checkpoint, keys relative to the ModuleList.
+
+    A .safetensors file is read selectively (the fcs are 5 MB of a 3 GB file); other formats in full.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    path = require_file(path, "EVF-SAM2 text_hidden_fcs", TEXT_FCS_SOURCE)
+    safetensors = path.suffix == ".safetensors"
+    sd = _read_prefix(path, FCS_PREFIX) if safetensors else read_evf_sam2(path)[FCS_PREFIX]
+    if not sd:
+        raise CheckpointError(f"{path}: EVF-SAM2 checkpoint holds no text_hidden_fcs.* keys")
+    return sd
+
+
+def _read_prefix(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under prefix (prefix removed) of an EVF-SAM2 safetensors file, reading only those."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            stray = [k for k in keys if not k.startswith(EVF_PREFIXES)]
+            if stray:
+                raise CheckpointError(
+                    f"{path}: not an EVF-SAM2 checkpoint: keys outside {EVF_PREFIXES}: {stray[:5]}"
+                )
+            return {k[len(prefix) :]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from e
+
+
+def build_model(
+    cfg: HeadConfig,
+    preset: str | Path,
+    d_clip: int,
+    d_clap: int,
+    weights_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    sam2_overrides: dict[str, Any] | None = None,
+) -> AV2TSAM:
+    """AV2T-SAM on the preset's SAM 2 and BEiT-3; text_hidden_fcs from its EVF-SAM2 file when it has one.
+
+    d_clip / d_clap are the cached embeddings' widths. For adapters, SAM 2 is built with trunk_block =
+    adapter_start_block (unless overridden), so that its config names the arrays the cache holds.
+    """
+    over = dict(sam2_overrides or {})
+    if cfg.adapters:
+        over.setdefault("trunk_block", cfg.adapter_start_block)
+    sam2 = build_encoder("sam2", preset, weights_dir, device, over)
+    beit3 = build_encoder("beit3", preset, weights_dir, device)
+    fcs, source = None, "text_hidden_fcs"
+    if beit3.cfg.weights is not None:  # the same EVF-SAM2 file holds BEiT-3 and the fcs
+        source = resolve_weights(beit3.cfg.weights, weights_dir)
+        fcs = read_text_hidden_fcs(source)
+    return AV2TSAM(cfg, sam2, beit3, d_clip, d_clap, fcs, source).to(device)
