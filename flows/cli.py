@@ -132,6 +132,64 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(a: argparse.Namespace) -> int:
+    from pipeline.scoring import score_folder
+
+    r = score_folder(a.pred, a.root, a.subset, a.split, progress=not a.json and sys.stderr.isatty())
+    if a.json:
+        print(json.dumps(r))
+    else:
+        counts = f"{r['frames']} frames, {r['videos']} videos"
+        print(f"M_J {r['M_J']:.4f}  M_F {r['M_F']:.4f}  ({r['batching']}; {counts})")
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from stages.evaluate import EvalConfig, evaluate
+
+    try:
+        cfg = EvalConfig(
+            checkpoint=a.checkpoint,
+            root=a.root,
+            subset=a.subset,
+            split=a.split,
+            mode=a.mode,
+            store=a.store,
+            device=a.device,
+            out=a.out,
+            batch_size=a.batch_size,
+            vision_bias=a.vision_bias,
+            weights_dir=a.weights_dir,
+            threads=a.threads,
+            save_masks=a.save_masks,
+            overlays=a.overlays,
+            progress=sys.stderr.isatty(),
+        )
+    except ValidationError as e:
+        raise SystemExit(f"av2t: error: {e}") from e
+    r = evaluate(cfg)
+    rows = [("M_J", r["M_J"]), ("M_F", r["M_F"]), ("M_F batch-free", r["M_F_batch_free"])]
+    rows.append(("M_F raw logits (AV2T)", r["M_F_raw_logits_av2t"]))
+    if "vision_bias" in r:
+        vb = r["vision_bias"]
+        rows += [("M_J swapped audio", vb["M_J_swapped"]), ("M_J silence", vb["M_J_silence"])]
+    print(f"{r['subset']} {r['split']} ({r['mode']}): {r['videos']} videos, {r['frames']} frames")
+    for name, value in rows:
+        print(f"  {name:<24}{value:.4f}")
+    print(f"M_F batching: {r['M_F_batching']}")
+    print(f"report: {Path(a.out) / 'report.json'} (and report.md, CSV tables, overlays/)")
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from flows.demo import main as demo
+
+    demo(str(a.out))
+    return 0
+
+
 def _cmd_serve(a: argparse.Namespace) -> int:
     from flows.serve import main as serve
 
@@ -220,6 +278,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights-dir", type=Path)
     t.add_argument("--threads", type=int, default=0)
     t.set_defaults(func=_cmd_train)
+
+    sc = sub.add_parser("score", help="score a folder of predicted masks (<name>/<name>_<k>.png) on a split")
+    sc.add_argument("--pred", required=True, type=Path, help="folder of 8-bit PNGs read as probability v/255")
+    sc.add_argument("--root", required=True, type=Path)
+    sc.add_argument("--subset", required=True, choices=["s4", "ms3"])
+    sc.add_argument("--split", default="test", choices=["train", "val", "test"])
+    sc.add_argument("--json", action="store_true", help="print one JSON object")
+    sc.set_defaults(func=_cmd_score)
+
+    ev = sub.add_parser("evaluate", help="score a head checkpoint on a split and write a report")
+    ev.add_argument("--checkpoint", required=True, type=Path, help="head checkpoint (best.pt)")
+    ev.add_argument("--root", required=True, type=Path)
+    ev.add_argument("--subset", required=True, choices=["s4", "ms3"])
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--mode", default="cached", choices=["cached", "end-to-end"])
+    ev.add_argument("--store", default="runs/store.zarr", help="feature store (cached mode)")
+    ev.add_argument("--out", type=Path, default=Path("runs/eval"))
+    ev.add_argument("--vision-bias", action="store_true", help="also score with swapped and silent audio")
+    ev.add_argument("--save-masks", action="store_true", help="write predicted probabilities under OUT/masks")
+    ev.add_argument("--overlays", type=int, default=3, help="best and worst videos drawn (default 3 each)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--weights-dir", type=Path)
+    ev.add_argument("--threads", type=int, default=0)
+    ev.set_defaults(func=_cmd_evaluate)
+
+    d = sub.add_parser("demo", help="synthetic S4 + MS3 -> extract -> train -> evaluate, tiny preset")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.set_defaults(func=_cmd_demo)
 
     sv = sub.add_parser("serve", help="serve a `default` deployment of every flow (needs a Prefect server)")
     sv.set_defaults(func=_cmd_serve)

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from prefect import serve
+from prefect.schedules import Cron
 
+from flows.evaluate import evaluate
 from flows.extract import extract_features
 from flows.train import train_head
+
+NIGHTLY_CRON = "0 3 * * *"
 
 
 def deployments() -> list:
     """The deployments this project serves."""
-    return [extract_features.to_deployment(name="default"), train_head.to_deployment(name="default")]
+    return [
+        extract_features.to_deployment(name="default"),
+        train_head.to_deployment(name="default"),
+        evaluate.to_deployment(name="default"),
+        # End to end on the test split with the newest checkpoint, every night; flags regressions.
+        evaluate.to_deployment(
+            name="nightly",
+            schedules=[Cron(NIGHTLY_CRON, timezone="UTC")],
+            parameters={"mode": "end-to-end", "split": "test"},
+        ),
+    ]
 
 
 def main() -> None:
