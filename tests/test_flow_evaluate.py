@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from prefect_server import deployment_run, prefect_server
+from prefect_server import deployment_run
 
 from pipeline.data.synth import write_synthetic
 from stages.extract import ExtractConfig, extract
@@ -25,7 +25,7 @@ def _prefect(env: dict, *args: str) -> str:
     return out.stdout
 
 
-def test_nightly_deployment_reports_publishes_and_is_scheduled(tmp_path):
+def test_nightly_deployment_reports_publishes_and_is_scheduled(tmp_path, prefect_env):
     root = tmp_path / "data"
     write_synthetic(root, "s4", videos=6, seed=7)
     store = str(tmp_path / "store.zarr")
@@ -51,16 +51,16 @@ def test_nightly_deployment_reports_publishes_and_is_scheduled(tmp_path):
         "reports": str(reports),
         "device": "cpu",
     }
-    with prefect_server(tmp_path / "prefect-home") as env:
-        for _ in range(2):  # the second run compares with the first
-            out = deployment_run(env, "evaluate/nightly", params)
-            assert out.returncode == 0 and "Completed" in out.stdout + out.stderr, (
-                out.stdout[-3000:] + out.stderr[-2000:]
-            )
-        inspect = _prefect(env, "deployment", "inspect", "evaluate/nightly")
-        assert "0 3 * * *" in inspect and "end-to-end" in inspect
-        artifacts = _prefect(env, "artifact", "ls")
-        assert "evaluate-s4-test" in artifacts and "evaluate-s4-test-scores" in artifacts
+    env = prefect_env
+    for _ in range(2):  # the second run compares with the first
+        out = deployment_run(env, "evaluate/nightly", params)
+        assert out.returncode == 0 and "Completed" in out.stdout + out.stderr, (
+            out.stdout[-3000:] + out.stderr[-2000:]
+        )
+    inspect = _prefect(env, "deployment", "inspect", "evaluate/nightly")
+    assert "0 3 * * *" in inspect and "end-to-end" in inspect
+    artifacts = _prefect(env, "artifact", "ls")
+    assert "evaluate-s4-test" in artifacts and "evaluate-s4-test-scores" in artifacts
 
     runs = sorted(p.parent for p in reports.glob("*/report.json"))
     assert len(runs) == 2

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect_server import deployment_run, prefect_server
+from prefect_server import deployment_run
 
 from cache import FeatureStore
 from pipeline.data.clips import read_clips
@@ -27,7 +27,7 @@ def _arrays(store: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def test_served_deployment_fills_the_store_and_dask_matches(tmp_path):
+def test_served_deployment_fills_the_store_and_dask_matches(tmp_path, prefect_env):
     root = tmp_path / "avsbench"
     write_synthetic(root, "ms3", videos=4, seed=3)
     local = tmp_path / "local.zarr"
@@ -35,35 +35,35 @@ def test_served_deployment_fills_the_store_and_dask_matches(tmp_path):
     # thread-count-dependent order, so only equal thread counts give bit-identical features.
     extract(ExtractConfig(root=root, subset="ms3", store=str(local), device="cpu", threads=1), progress=False)
 
-    with prefect_server(tmp_path / "prefect-home") as env:
-        store = tmp_path / "served.zarr"
-        params = {
-            "root": str(root),
-            "subset": "ms3",
-            "store": str(store),
-            "encoders": ENCODERS,
-            "device": "cpu",
-            "threads": 1,
-        }
-        out = deployment_run(env, "extract-features/default", params)
-        assert out.returncode == 0 and "Completed" in out.stdout + out.stderr, (
-            out.stdout[-3000:] + out.stderr[-3000:]
-        )
+    env = prefect_env
+    store = tmp_path / "served.zarr"
+    params = {
+        "root": str(root),
+        "subset": "ms3",
+        "store": str(store),
+        "encoders": ENCODERS,
+        "device": "cpu",
+        "threads": 1,
+    }
+    out = deployment_run(env, "extract-features/default", params)
+    assert out.returncode == 0 and "Completed" in out.stdout + out.stderr, (
+        out.stdout[-3000:] + out.stderr[-3000:]
+    )
 
-        fs = FeatureStore(str(store), mode="r")
-        for split in ("train", "val", "test"):
-            g = fs.split("ms3", split)
-            n = 5 * len(read_clips(root, "ms3", split))
-            assert g.n_rows == n
-            assert sorted(e.name for e in g.encoders()) == sorted(ENCODERS)
-            assert all(e.rows_done() == n for e in g.encoders()), split
+    fs = FeatureStore(str(store), mode="r")
+    for split in ("train", "val", "test"):
+        g = fs.split("ms3", split)
+        n = 5 * len(read_clips(root, "ms3", split))
+        assert g.n_rows == n
+        assert sorted(e.name for e in g.encoders()) == sorted(ENCODERS)
+        assert all(e.rows_done() == n for e in g.encoders()), split
 
-        dask_store = tmp_path / "dask.zarr"
-        params |= {"store": str(dask_store), "task_runner": "dask", "workers": 2}
-        out = deployment_run(env, "extract-features/default", params)
-        assert out.returncode == 0 and "Completed" in out.stdout + out.stderr, (
-            out.stdout[-3000:] + out.stderr[-3000:]
-        )
+    dask_store = tmp_path / "dask.zarr"
+    params |= {"store": str(dask_store), "task_runner": "dask", "workers": 2}
+    out = deployment_run(env, "extract-features/default", params)
+    assert out.returncode == 0 and "Completed" in out.stdout + out.stderr, (
+        out.stdout[-3000:] + out.stderr[-3000:]
+    )
 
     want = _arrays(local)
     for name, got in [("served", _arrays(store)), ("dask", _arrays(dask_store))]:
