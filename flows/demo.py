@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def demo(
         t = time.perf_counter()
         write_synthetic(root, subset, videos=videos, seed=seed)
         store = str(base / f"{subset}.zarr")
+        # The demo rewrites its data, so it starts a fresh store and head (a store never mixes clip lists).
+        for old in (Path(store), base / f"train-{subset}"):
+            shutil.rmtree(old, ignore_errors=True)
         extract_features(root=str(root), subset=subset, store=store, device="cpu")
         table = train_head(
             store=store,
