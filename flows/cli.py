@@ -85,6 +85,8 @@ def _cmd_extract(a: argparse.Namespace) -> int:
         frames=a.frames,
         weights_dir=str(a.weights_dir) if a.weights_dir else None,
         threads=a.threads,
+        overrides=json.loads(a.overrides) if a.overrides else None,
+        allow_other_fingerprints=a.allow_other_fingerprints,
         task_runner=a.task_runner,
         workers=a.workers,
         dask_address=a.dask_address,
@@ -257,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights-dir", type=Path, help="folder of official checkpoints (default $AV2T_WEIGHTS or ./weights)"
     )
     x.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    x.add_argument(
+        "--overrides", help='per-encoder config overrides as JSON, e.g. {"sam2": {"trunk_block": 44}}'
+    )
+    x.add_argument(
+        "--allow-other-fingerprints",
+        action="store_true",
+        help="keep a second fingerprint of an encoder side by side",
+    )
     x.add_argument("--task-runner", default="threads", choices=["threads", "dask"])
     x.add_argument("--workers", type=int, default=1, help="threads, or local Dask workers")
     x.add_argument("--dask-address", help="scheduler address of an existing Dask cluster")

@@ -51,6 +51,7 @@ def extract_features(
     frames: Literal["used", "all"] = "used",
     weights_dir: str | None = None,
     overrides: dict[str, dict] | None = None,
+    allow_other_fingerprints: bool = False,
     block_rows: int = 32,
     threads: int = 0,
     task_runner: RunnerKind = "threads",
@@ -73,6 +74,7 @@ def extract_features(
         frames=frames,
         weights_dir=Path(weights_dir) if weights_dir else None,
         overrides=overrides or {},
+        allow_other_fingerprints=allow_other_fingerprints,
         block_rows=block_rows,
         threads=threads,
     )

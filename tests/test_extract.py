@@ -173,3 +173,20 @@ def test_changed_encoder_is_refused(tree, tmp_path):
 
     with pytest.raises(FingerprintMismatch, match="weights"):
         extract(_cfg(tree, store, encoders=["clip"], splits=["val"]), progress=False)
+
+
+def test_trunk_features_live_beside_the_plain_ones_only_when_allowed(tree, tmp_path):
+    from cache import FingerprintMismatch
+
+    store = tmp_path / "trunk.zarr"
+    plain = _cfg(tree, store, encoders=["sam2"], splits=["val"])
+    extract(plain, progress=False)
+    trunk = plain.model_copy(update={"overrides": {"sam2": {"trunk_block": 2}}})
+    with pytest.raises(FingerprintMismatch, match="trunk_block"):
+        extract(trunk, progress=False)
+    extract(trunk.model_copy(update={"allow_other_fingerprints": True}), progress=False)
+    g = FeatureStore(str(store), mode="r").split("s4", "val")
+    sam2 = [e for e in g.encoders() if e.name == "sam2"]
+    assert len(sam2) == 2
+    (with_trunk,) = [e for e in sam2 if "trunk_in" in e.specs]
+    assert with_trunk.rows_done() == g.n_rows
