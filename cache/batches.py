@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cache.store import EncoderGroup, FeatureStore, StoreError, read_rows
+from cache.store import EncoderGroup, FeatureStore, StoreError, read_rows_many
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ class FeatureBatches(Dataset):
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         out: dict[str, torch.Tensor] = {"row": torch.from_numpy(rows.copy())}
-        for field, arr in self._open().items():
-            out[field] = torch.from_numpy(np.ascontiguousarray(read_rows(arr, sorted_rows)[inverse]))
+        for field, x in read_rows_many(self._open(), sorted_rows).items():
+            out[field] = torch.from_numpy(np.ascontiguousarray(x[inverse]))
         return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import dask.array as da
 import numpy as np
 import zarr
 import zarr.codecs
+from zarr.core.sync import sync as zarr_sync
 
 from cache.fingerprint import canonical_json, diff_provenance, fingerprint
 from cache.index import SplitIndex
@@ -90,6 +92,23 @@ def read_rows(arr: zarr.Array, rows: np.ndarray) -> np.ndarray:
         out[i : i + b - a] = arr[a:b]
         i += b - a
     return out
+
+
+def read_rows_many(arrays: dict[str, zarr.Array], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """read_rows for several arrays at once: every run of every array in one event-loop round trip.
+
+    A shuffled training batch is many small reads; issued one by one, zarr's per-call overhead
+    (~1-2 ms) dominated the batch. Gathered on zarr's own loop, they overlap.
+    """
+    runs = row_runs(np.asarray(rows, dtype=np.int64))
+
+    async def gather():
+        return await asyncio.gather(
+            *(arr._async_array.getitem(slice(a, b)) for arr in arrays.values() for a, b in runs)
+        )
+
+    parts = iter(zarr_sync(gather()))
+    return {name: np.concatenate([np.asarray(next(parts)) for _ in runs]) for name in arrays}
 
 
 class FeatureStore:
