@@ -134,13 +134,19 @@ def sources(models: list[AV2TSAM], groups: dict[str, EncoderGroup]) -> dict[str,
     return out
 
 
+_DATASETS: dict[tuple, FeatureBatches] = {}
+
+
 def batches(
     cfg: TrainConfig, split: str, srcs: dict[str, Source], shuffle: bool, epoch: int, batch_size: int
 ):
     """Batches of one split, read one ahead in a thread (zarr decoding overlaps the step)."""
-    ds = FeatureBatches(
-        cfg.store, cfg.subset, split, srcs, batch_size=batch_size, shuffle=shuffle, seed=cfg.seed
-    )
+    key = (cfg.store, cfg.subset, split, tuple(sorted(srcs.items())), batch_size, shuffle, cfg.seed)
+    if key not in _DATASETS:  # opened once: the store's metadata and completion records are read once
+        _DATASETS[key] = FeatureBatches(
+            cfg.store, cfg.subset, split, srcs, batch_size=batch_size, shuffle=shuffle, seed=cfg.seed
+        )
+    ds = _DATASETS[key]
     ds.set_epoch(epoch)
     n = len(ds) if cfg.max_steps is None else min(len(ds), cfg.max_steps)
     with ThreadPoolExecutor(max_workers=1) as pool:
