@@ -35,6 +35,7 @@ from stages.train import (
     fit,
     load_frozen,
     make_run,
+    open_batches,
     sources,
     to_device,
     train_step,
@@ -125,7 +126,8 @@ def worker(tmp: Path, mode: str, head_fields: dict) -> dict:
     """Time one epoch in this process (after a warm-up step) and report peak RSS and FLOPs per step."""
     cfg, frozen, run = setup(tmp, head_fields)
     srcs = sources([run.model], frozen.groups["train"])
-    cached = [to_device(b, torch.device("cpu")) for b in batches(cfg, "train", srcs, True, 0, 8)][:1]
+    ds = open_batches(cfg, "train", srcs, True, 8)
+    cached = [to_device(b, torch.device("cpu")) for b in batches(ds, 0)][:1]
     flops_cached = _flops(lambda: train_step(run, cached[0]))
     raw = next(raw_batches(tmp, frozen))
     # What the cache removes: CLIP + CLAP forward (inside raw_batches) and SAM 2 / BEiT-3 embedding (live_step).
@@ -133,7 +135,7 @@ def worker(tmp: Path, mode: str, head_fields: dict) -> dict:
     t = time.perf_counter()
     steps = 0
     if mode == "cached":
-        for b in batches(cfg, "train", srcs, True, 0, 8):
+        for b in batches(ds, 0):
             train_step(run, to_device(b, torch.device("cpu")))
             steps += 1
     else:
@@ -143,7 +145,7 @@ def worker(tmp: Path, mode: str, head_fields: dict) -> dict:
     secs = time.perf_counter() - t
     compute = secs
     if mode == "cached":  # the same steps on batches already in memory: what data loading costs
-        loaded = [to_device(b, torch.device("cpu")) for b in batches(cfg, "train", srcs, True, 0, 8)]
+        loaded = [to_device(b, torch.device("cpu")) for b in batches(ds, 0)]
         t = time.perf_counter()
         for b in loaded:
             train_step(run, b)

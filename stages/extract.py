@@ -232,18 +232,17 @@ def _extract_shard(
                 f"{f['error']} (video {f['video']} frame {f['frame']}; {eg.key} rows done so far are kept; "
                 "fix the file and run again, or pass on_error=skip)"
             )
+        # Rows done before and rows that failed keep what the store holds; the rest are computed.
         block = eg.read_block(b) if done.any() or not ok.all() else {}
         if items:
-            feats = encode_rows(enc, items, cfg.batch_size)
-            for k, v in feats.items():
-                full = block.get(k)
-                if full is None:
-                    full = np.zeros((sl.stop - sl.start, *v.shape[1:]), np.float32)
-                full = full.astype(np.float32)
+            for k, v in encode_rows(enc, items, cfg.batch_size).items():
+                full = (
+                    block[k].astype(np.float32)
+                    if k in block
+                    else np.zeros((sl.stop - sl.start, *v.shape[1:]), np.float32)
+                )
                 full[todo[ok] - sl.start] = v
                 block[k] = full
-        else:
-            block = eg.read_block(b)
         block_ok = np.zeros(sl.stop - sl.start, bool)
         block_ok[todo[ok] - sl.start] = True
         eg.write_block(b, block, ok=block_ok)

@@ -134,21 +134,19 @@ def sources(models: list[AV2TSAM], groups: dict[str, EncoderGroup]) -> dict[str,
     return out
 
 
-_DATASETS: dict[tuple, FeatureBatches] = {}
+def open_batches(
+    cfg: TrainConfig, split: str, srcs: dict[str, Source], shuffle: bool, batch_size: int
+) -> FeatureBatches:
+    """A split's batches; open once per run (the store's metadata and completion records are read here)."""
+    return FeatureBatches(
+        cfg.store, cfg.subset, split, srcs, batch_size=batch_size, shuffle=shuffle, seed=cfg.seed
+    )
 
 
-def batches(
-    cfg: TrainConfig, split: str, srcs: dict[str, Source], shuffle: bool, epoch: int, batch_size: int
-):
-    """Batches of one split, read one ahead in a thread (zarr decoding overlaps the step)."""
-    key = (cfg.store, cfg.subset, split, tuple(sorted(srcs.items())), batch_size, shuffle, cfg.seed)
-    if key not in _DATASETS:  # opened once: the store's metadata and completion records are read once
-        _DATASETS[key] = FeatureBatches(
-            cfg.store, cfg.subset, split, srcs, batch_size=batch_size, shuffle=shuffle, seed=cfg.seed
-        )
-    ds = _DATASETS[key]
+def batches(ds: FeatureBatches, epoch: int, max_steps: int | None = None):
+    """One epoch of batches, read one ahead in a thread (zarr decoding overlaps the step)."""
     ds.set_epoch(epoch)
-    n = len(ds) if cfg.max_steps is None else min(len(ds), cfg.max_steps)
+    n = len(ds) if max_steps is None else min(len(ds), max_steps)
     with ThreadPoolExecutor(max_workers=1) as pool:
         nxt = pool.submit(ds.__getitem__, 0) if n else None
         for i in range(n):
@@ -204,18 +202,13 @@ def train_step(run: HeadRun, batch: dict[str, torch.Tensor]) -> float:
 
 @torch.no_grad()
 def validate(
-    runs: list[HeadRun],
-    cfg: TrainConfig,
-    srcs: dict[str, Source],
-    index,
-    device: torch.device,
-    batch_size: int,
+    runs: list[HeadRun], cfg: TrainConfig, val: FeatureBatches, index, device: torch.device
 ) -> list[dict[str, Any]]:
     """Val loss, M_J and M_F (one video per M_F batch) of every head, reading each batch once."""
     accs = [MetricAccumulator(batching="video") for _ in runs]
     losses = [[] for _ in runs]
     pending: list[dict[str, list]] = [{} for _ in runs]  # video -> rows not yet added (videos span batches)
-    for raw in batches(cfg, cfg.val_split, srcs, False, 0, batch_size):
+    for raw in batches(val, 0, cfg.max_steps):
         batch = to_device(raw, device)
         rows = raw["row"].numpy()
         for i, run in enumerate(runs):
@@ -388,8 +381,13 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
         runs.append(make_run(name, head, model, optim, steps))
     outs = {r.name: (cfg.out if len(runs) == 1 else cfg.out / r.name) for r in runs}
     start = min(try_resume(r, outs[r.name], optim) if cfg.resume else 0 for r in runs)
-    train_srcs = sources([r.model for r in runs], frozen.groups[cfg.train_split])
-    val_srcs = sources([r.model for r in runs], frozen.groups[cfg.val_split])
+    models = [r.model for r in runs]
+    train_ds = open_batches(
+        cfg, cfg.train_split, sources(models, frozen.groups[cfg.train_split]), True, optim.batch_size
+    )
+    val_ds = open_batches(
+        cfg, cfg.val_split, sources(models, frozen.groups[cfg.val_split]), False, optim.batch_size
+    )
 
     from tqdm import tqdm
 
@@ -399,7 +397,7 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
         bar = tqdm(
             total=steps, desc=f"epoch {epoch + 1}/{optim.epochs}", disable=not cfg.progress, leave=False
         )
-        for raw in batches(cfg, cfg.train_split, train_srcs, True, epoch, optim.batch_size):
+        for raw in batches(train_ds, epoch, cfg.max_steps):
             batch = to_device(raw, device)
             for i, run in enumerate(runs):
                 if len(run.history) <= epoch:  # a resumed head may already be past this epoch
@@ -407,7 +405,7 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
             bar.update()
         bar.close()
         todo = [i for i, r in enumerate(runs) if len(r.history) <= epoch]
-        vals = validate([runs[i] for i in todo], cfg, val_srcs, val_index, device, optim.batch_size)
+        vals = validate([runs[i] for i in todo], cfg, val_ds, val_index, device)
         for i, v in zip(todo, vals, strict=True):
             run = runs[i]
             metrics = {
