@@ -192,6 +192,29 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_official_import(a: argparse.Namespace) -> int:
+    from stages.official import import_reference
+
+    written = import_reference(a.checkpoint, a.out, a.weights_dir, a.preset)
+    for what, path in written.items():
+        print(f"{what:8} {path}")
+    print(
+        f"evaluate it with: av2t evaluate --checkpoint {written['head']} --weights-dir {written['weights']} "
+        "--mode end-to-end --root <AVSBench root> --subset s4|ms3"
+    )
+    return 0
+
+
+def _cmd_official_export(a: argparse.Namespace) -> int:
+    from stages.official import export_reference
+
+    path = export_reference(a.checkpoint, a.out, a.weights_dir, a.device)
+    print(
+        f"wrote {path} (bok-bok/AV2T-SAM layout: AVTSAM.load_state_dict(torch.load(...)) loads it strictly)"
+    )
+    return 0
+
+
 def _cmd_serve(a: argparse.Namespace) -> int:
     from flows.serve import main as serve
 
@@ -317,6 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="synthetic S4 + MS3 -> extract -> train -> evaluate, tiny preset")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.set_defaults(func=_cmd_demo)
+
+    off = sub.add_parser("official", help="published AV2T-SAM checkpoints (bok-bok/AV2T-SAM layout)")
+    offs = off.add_subparsers(dest="official_command", required=True)
+    oi = offs.add_parser(
+        "import", help="reference {name}_best.pth -> our head.pt + an EVF-SAM2 weights folder"
+    )
+    oi.add_argument("checkpoint", type=Path, help="the reference checkpoint (AVTSAM.state_dict())")
+    oi.add_argument("--out", required=True, type=Path, help="folder for head.pt and weights/")
+    oi.add_argument("--weights-dir", type=Path, help="where the CLIP / MS-CLAP files are (linked into out)")
+    oi.add_argument("--preset", default="paper-official", help="encoder preset of the head (paper-official)")
+    oi.set_defaults(func=_cmd_official_import)
+    oe = offs.add_parser("export", help="our head checkpoint -> a reference {name}_best.pth")
+    oe.add_argument("checkpoint", type=Path, help="a head checkpoint (best.pt) of the train stage")
+    oe.add_argument("--out", required=True, type=Path, help="the .pth file to write")
+    oe.add_argument("--weights-dir", type=Path, help="the head's preset weights folder")
+    oe.add_argument("--device", default="cpu")
+    oe.set_defaults(func=_cmd_official_export)
 
     sv = sub.add_parser("serve", help="serve a `default` deployment of every flow (needs a Prefect server)")
     sv.set_defaults(func=_cmd_serve)

@@ -26,8 +26,11 @@ pip() { "$py" -m pip "$@"; }
 export PIP_CONSTRAINT="$here/constraints.txt"
 pip install -q --upgrade pip wheel setuptools
 pip install -q "torch==2.13.0"
-# Stale pins: laion-clap 1.1.7 pins numpy<2 (runs on 2.x), torchscale pins an old timm/fairscale.
-pip install -q --no-deps "laion-clap==1.1.7" "torchscale==0.3.0" "fairscale==0.4.13"
+# Stale pins: laion-clap 1.1.7 pins numpy<2 (runs on 2.x), torchscale pins an old timm/fairscale,
+# msclap 1.3.4 pins numpy<2, transformers<5, librosa<0.11 and torchaudio (no build exists for our torch).
+# msclap's model code (msclap.models: HTSAT + projections) needs only torch, torchlibrosa, transformers and
+# numpy, all project dependencies; torchaudio is used only by its CLAPWrapper, which av2t never imports.
+pip install -q --no-deps "laion-clap==1.1.7" "msclap==1.3.4" "torchscale==0.3.0" "fairscale==0.4.13"
 # sam2 compiles an optional CUDA extension unless told not to; build against the torch we have.
 SAM2_BUILD_CUDA=0 pip install -q --no-build-isolation "sam2==1.1.0"
 pip install -q -e ".[dev]"

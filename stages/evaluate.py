@@ -313,7 +313,7 @@ def end_to_end_source(
 
     def clap_of(i: int) -> torch.Tensor:
         if i not in audio:
-            seg = load_segments(clips[i].audio_path, clap_enc.sample_rate)
+            seg = load_segments(clips[i].audio_path, **clap_enc.audio_loading())
             with torch.inference_mode():
                 audio[i] = clap_enc.encode(clap_enc.preprocess(seg).to(clap_enc.device))["clap"]
         return audio[i]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cache import ArraySpec, EncoderGroup, FeatureStore, SplitIndex, fingerprint
 from cache.fingerprint import canonical_json
 from cache.index import FrameSelection
-from pipeline.data.audio import load_segments
+from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
 from pipeline.data.images import load_frame, load_mask
 from pipeline.data.layout import FRAME_SIZE, SPLITS
@@ -127,13 +127,20 @@ def require_encoder_group(cfg: ExtractConfig, group, enc: Encoder) -> EncoderGro
 class InputCache:
     """Decoded audio per video within one shard (five rows of a video share one WAV)."""
 
-    def __init__(self, rate: int | None):
-        self.rate, self.audio = rate, {}
+    def __init__(self, rate: int | None, stereo: Stereo = "mean", resampler: Resampler = "polyphase"):
+        self.rate, self.stereo, self.resampler, self.audio = rate, stereo, resampler, {}
+
+    @classmethod
+    def for_encoder(cls, enc: Encoder) -> InputCache:
+        """Audio loaded the way the encoder asks for (its sample rate, stereo handling and resampler)."""
+        return cls(**enc.audio_loading())
 
     def segments(self, clip: Clip) -> np.ndarray:
-        """(5, rate) segments of a clip's audio."""
+        """(5, samples) segments of a clip's audio: (5, rate) mono, or longer with stereo="flatten"."""
         if clip.id not in self.audio:
-            self.audio[clip.id] = load_segments(clip.audio_path, self.rate)
+            self.audio[clip.id] = load_segments(
+                clip.audio_path, self.rate, stereo=self.stereo, resampler=self.resampler
+            )
         return self.audio[clip.id]
 
 
@@ -181,15 +188,24 @@ def load_inputs(enc: Encoder, clips: dict[str, Clip], index: SplitIndex, rows: n
 
 
 def encode_rows(enc: Encoder, items: list[np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """Run the encoder over inputs in batches; float32 numpy outputs."""
-    outs: dict[str, list[np.ndarray]] = {k: [] for k in enc.output_shapes()}
-    for i in range(0, len(items), batch_size):
-        x = enc.preprocess(np.stack(items[i : i + batch_size])).to(enc.device, non_blocking=True)
-        with torch.inference_mode():
-            y = enc.encode(x)
-        for k in outs:
-            outs[k].append(y[k].float().cpu().numpy())
-    return {k: np.concatenate(v) for k, v in outs.items()}
+    """Run the encoder over inputs in batches; float32 numpy outputs in the items' order.
+
+    Inputs of one shape are batched together (in order); inputs of other shapes (stereo="flatten" audio of
+    a stereo file is twice as long as a mono file's) are batched among themselves.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(items):
+        groups.setdefault(np.shape(x), []).append(i)
+    outs = {k: np.zeros((len(items), *s), np.float32) for k, s in enc.output_shapes().items()}
+    for idx in groups.values():
+        for i in range(0, len(idx), batch_size):
+            rows = idx[i : i + batch_size]
+            x = enc.preprocess(np.stack([items[r] for r in rows])).to(enc.device, non_blocking=True)
+            with torch.inference_mode():
+                y = enc.encode(x)
+            for k in outs:
+                outs[k][rows] = y[k].float().cpu().numpy()
+    return outs
 
 
 def extract_shard(
@@ -216,7 +232,7 @@ def _extract_shard(
     group = FeatureStore(cfg.store).split(cfg.subset, shard.split)
     enc = cfg_encoder(cfg, shard.encoder)
     eg = require_encoder_group(cfg, group, enc)
-    index, cache = group.index, InputCache(enc.sample_rate)
+    index, cache = group.index, InputCache.for_encoder(enc)
     computed, failed = 0, []
     done_all = eg.done_mask()  # one read per shard: this shard's blocks have no other writer
     for b in shard.blocks:

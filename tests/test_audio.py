@@ -1,13 +1,19 @@
-"""Audio loading: mono mix, resampling, one-second segments, zero padding, clear errors."""
+"""Audio loading: mono mix or channel flattening, resampling, one-second segments, zero padding, errors."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.data.audio import load_segments, resample, segments, to_mono
+from pipeline.data.audio import load_segments, resample, segments, sinc_hann_kernel, to_mono
 from pipeline.data.clips import DataError
+
+# Inputs and outputs of torchaudio 2.5.1's `transforms.Resample(a, b)` (default arguments), see
+# tests/reference/README.md: x_<a>_<b> (2, n) float32 in, y_<a>_<b> out.
+TORCHAUDIO_GOLDEN = Path(__file__).parent / "reference" / "torchaudio_resample.npz"
 
 
 def _tone(freq: float, seconds: float, rate: int) -> np.ndarray:
@@ -15,10 +21,65 @@ def _tone(freq: float, seconds: float, rate: int) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def test_stereo_is_averaged_and_flatten_interleaves():
+def test_stereo_is_averaged():
     stereo = np.stack([np.ones(4), 3 * np.ones(4)], axis=1).astype(np.float32)
     np.testing.assert_array_equal(to_mono(stereo), 2 * np.ones(4))
-    np.testing.assert_array_equal(to_mono(stereo, "flatten"), [1, 3, 1, 3, 1, 3, 1, 3])
+
+
+def test_flatten_puts_each_channels_piece_of_a_second_one_after_the_other(tmp_path):
+    """The reference's MS-CLAP loader: per channel, then segment i = [left piece i, right piece i]."""
+    rate = 100
+    left = np.arange(1, 251, dtype=np.float32) / 1000  # 2.5 s: segments 3 and 4 are padded / silent
+    right = -left
+    path = tmp_path / "st.wav"
+    sf.write(path, np.stack([left, right], axis=1), rate, subtype="FLOAT")
+    seg = load_segments(path, rate, stereo="flatten")
+    assert seg.shape == (5, 2 * rate) and seg.dtype == np.float32
+    want_l, want_r = segments(left, rate), segments(right, rate)
+    np.testing.assert_array_equal(seg, np.concatenate([want_l, want_r], axis=1))
+    np.testing.assert_array_equal(seg[2, 50:100], 0)  # the left piece of second 3 is zero-padded
+    assert seg[2, 100] == -left[200]
+    mono = tmp_path / "mono.wav"
+    sf.write(mono, left, rate, subtype="FLOAT")
+    np.testing.assert_array_equal(load_segments(mono, rate, stereo="flatten"), want_l)
+    np.testing.assert_array_equal(load_segments(mono, rate), want_l)
+    with pytest.raises(ValueError, match="stereo"):
+        load_segments(mono, rate, stereo="interleave")
+
+
+def test_flatten_resamples_each_channel(tmp_path):
+    tone = _tone(440, 2.0, 16_000)
+    path = tmp_path / "st.wav"
+    sf.write(path, np.stack([tone, 0.5 * tone], axis=1), 16_000, subtype="FLOAT")
+    for method in ("polyphase", "sinc_hann"):
+        seg = load_segments(path, 44_100, stereo="flatten", resampler=method)
+        left, right = resample(tone, 16_000, 44_100, method), resample(0.5 * tone, 16_000, 44_100, method)
+        assert seg.shape == (5, 88_200)
+        np.testing.assert_array_equal(seg[1, :44_100], left[44_100:88_200])
+        np.testing.assert_array_equal(seg[1, 44_100:], right[44_100:88_200])
+
+
+@pytest.mark.parametrize("rates", [(16_000, 44_100), (48_000, 44_100), (22_050, 44_100), (8_000, 44_100)])
+def test_sinc_hann_equals_torchaudio_resample_bit_for_bit(rates):
+    a, b = rates
+    golden = np.load(TORCHAUDIO_GOLDEN)
+    x, want = golden[f"x_{a}_{b}"], golden[f"y_{a}_{b}"]
+    got = resample(x, a, b, "sinc_hann")
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(resample(x[1], a, b, "sinc_hann"), want[1])  # 1-D in, 1-D out
+    kernel, width = sinc_hann_kernel(a, b)
+    assert width == 7 and kernel.dtype.is_floating_point and kernel.shape[1] == 1
+
+
+def test_resamplers_differ_near_the_band_edge():
+    """Why sinc_hann exists: the two low-pass filters differ by far more than float rounding."""
+    x = _tone(7000, 1.0, 16_000)
+    a, b = resample(x, 16_000, 44_100), resample(x, 16_000, 44_100, "sinc_hann")
+    assert a.shape == b.shape == (44_100,)
+    assert np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)) > 0.1
+    with pytest.raises(ValueError, match="resampler"):
+        resample(x, 16_000, 44_100, "linear")
 
 
 def test_resample_keeps_the_frequency():

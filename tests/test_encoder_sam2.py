@@ -360,3 +360,33 @@ def test_paper_trunk_outputs_and_bytes_per_frame(paper_meta):
     assert "stage_out_3" not in late
     extra = 2 * sum(int(np.prod(s)) for k, s in late.items() if k.startswith(("trunk", "stage")))
     assert (2 * int(np.prod(first["trunk_in"])), extra) == (18 * MIB, 36 * MIB)
+
+
+def test_sam1_resize_is_av2t_data_loader_preprocessing():
+    """resize="sam1" = SAM-1's ResizeLongestSide through torchvision on PIL + 0-255 mean/std (AV2T's loader)."""
+    from torchvision.transforms.functional import resize, to_pil_image
+
+    batch = frames(2, 224, 224, seed=3)
+    ours = S.preprocess_frames_sam1(batch, 1024)
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
+    for i, frame in enumerate(batch):
+        up = np.array(resize(to_pil_image(frame), [1024, 1024]))  # what ResizeLongestSide.apply_image returns
+        ref = (torch.from_numpy(up).permute(2, 0, 1).float() - mean) / std
+        assert torch.allclose(ours[i], ref, atol=1e-5, rtol=0)
+    # differs from SAM2Transforms by the uint8 rounding of the resized image: about one grey level
+    plain = S.preprocess_frames(batch, 1024)
+    assert 0 < (ours - plain).abs().max() * 58 < 3
+    # a non-square frame keeps its aspect (long side 1024) and is zero-padded at the bottom
+    wide = S.preprocess_frames_sam1(frames(1, 112, 224, seed=4), 1024)
+    assert S.longest_side_shape(112, 224, 1024) == (512, 1024)
+    assert wide.shape == (1, 3, 1024, 1024) and wide[:, :, 512:].abs().max() == 0
+
+
+def test_paper_official_preset_runs_the_reference_preprocessing():
+    enc = S.Sam2ImageEncoder(S.build_sam(tiny_cfg(resize="sam1"), empty=False), tiny_cfg(resize="sam1"))
+    x = frames(1, 224, 224)
+    assert torch.equal(enc.preprocess(x), S.preprocess_frames_sam1(x, enc.cfg.image_size))
+    assert enc.preprocessing_dict()["resize"].startswith("SAM-1")
+    assert paper_cfg().resize == "sam2"
+    assert S.Config.model_validate(encoder_config("paper-official", "sam2")).resize == "sam1"

@@ -11,6 +11,7 @@ from torch import nn
 
 from cache.fingerprint import package_versions
 from pipeline.checkpoints import state_digest
+from pipeline.data.audio import Resampler, Stereo
 
 VERSIONED_PACKAGES = (
     "torch",
@@ -26,11 +27,15 @@ VERSIONED_PACKAGES = (
 
 class Encoder(nn.Module, ABC):
     """A frozen feature encoder. Frame encoders take uint8 RGB (B, H, W, 3) frames; audio encoders take
-    float32 mono one-second segments (B, sample_rate) at `sample_rate` Hz."""
+    float32 one-second segments (B, sample_rate) at `sample_rate` Hz: mono, or with stereo="flatten" the
+    channels' pieces one after the other (B, channels * sample_rate)."""
 
     name: ClassVar[str]
     input: ClassVar[Literal["frames", "audio", "masks"]]
     sample_rate: int | None = None
+    # Audio encoders: how the extract stage turns a WAV into segments (pipeline.data.audio.load_segments).
+    stereo: Stereo = "mean"
+    resampler: Resampler = "polyphase"
 
     @abstractmethod
     def preprocess(self, batch: np.ndarray) -> torch.Tensor:
@@ -76,6 +81,10 @@ class Encoder(nn.Module, ABC):
             "preprocessing": self.preprocessing_dict(),
             "versions": package_versions(*VERSIONED_PACKAGES),
         }
+
+    def audio_loading(self) -> dict[str, Any]:
+        """Keyword arguments of load_segments for this encoder's input (audio encoders only)."""
+        return {"rate": self.sample_rate, "stereo": self.stereo, "resampler": self.resampler}
 
     @property
     def device(self) -> torch.device:

@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.checkpoints import CheckpointError, load_strict, read_state_dict, require_file
 from pipeline.config import resolve_weights
+from pipeline.data.audio import Stereo
 from pipeline.encoders.base import Encoder
 
 OUTPUT = "clap"
@@ -122,6 +123,8 @@ class Config(BaseModel):
     joint_embed_shape: int = Field(512, gt=0)  # CLAP's joint space: the output width
     weights: str | None = None  # relative to the weights folder; None = seeded random init
     seed: int = 0  # random init only
+    # How the extract stage mixes a stereo WAV for this encoder (pipeline.data.audio.load_segments).
+    stereo: Stereo = "mean"
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -208,6 +211,7 @@ class ClapAudioEncoder(Encoder):
         super().__init__()
         self.cfg = cfg
         self.audio_cfg = resolved_audio_cfg(cfg)
+        self.stereo = cfg.stereo
         joint = cfg.joint_embed_shape
         # Same modules and key names as laion-clap's CLAP (audio half, mlp_act="relu" as released).
         self.audio_branch = audio_branch
@@ -262,7 +266,9 @@ class ClapAudioEncoder(Encoder):
         """Sample rate, quantisation and padding (the mel front end is part of the model config)."""
         return {
             "sample_rate": SAMPLE_RATE,
-            "mono": True,
+            "mono": self.stereo == "mean",
+            # Only when not the default, so that existing stores keep their fingerprints.
+            **({"stereo": self.stereo} if self.stereo != "mean" else {}),
             "quantize": "int16 round trip (laion-clap float32_to_int16 -> int16_to_float32)",
             "data_filling": "repeatpad",
             "clip_samples": self.audio_cfg.clip_samples,

@@ -11,7 +11,7 @@ import torch
 from pipeline.config import encoder_config
 from pipeline.encoders.base import Encoder
 
-# encoder name -> module under pipeline.encoders; each module has `Config` (pydantic) and `build`.
+# encoder name -> its default module under pipeline.encoders; each module has `Config` (pydantic) and `build`.
 MODULES = {
     "clip": "clip_image",
     "clap": "clap_audio",
@@ -20,13 +20,22 @@ MODULES = {
     "gt": "gt_mask",
 }
 ENCODER_NAMES = tuple(MODULES)
+# Other implementations an encoder name may take: a preset's <encoder>.json picks one with "impl". The store
+# and the head still see the encoder name; its outputs' widths come from the implementation.
+IMPLEMENTATIONS = {name: (module,) for name, module in MODULES.items()} | {
+    "clap": ("clap_audio", "msclap_audio"),
+}
+IMPL_KEY = "impl"
 
 
-def encoder_module(name: str):
-    """The module implementing an encoder."""
+def encoder_module(name: str, impl: str | None = None):
+    """The module implementing an encoder (its default one unless impl names another)."""
     if name not in MODULES:
         raise ValueError(f"unknown encoder {name!r}; choose from {ENCODER_NAMES}")
-    return importlib.import_module(f"pipeline.encoders.{MODULES[name]}")
+    impl = impl or MODULES[name]
+    if impl not in IMPLEMENTATIONS[name]:
+        raise ValueError(f"encoder {name!r}: unknown impl {impl!r}; choose from {IMPLEMENTATIONS[name]}")
+    return importlib.import_module(f"pipeline.encoders.{impl}")
 
 
 def build_encoder(
@@ -37,7 +46,10 @@ def build_encoder(
     overrides: dict[str, Any] | None = None,
 ) -> Encoder:
     """A frozen encoder in eval mode on device, configured by the preset (plus overrides), loaded strictly."""
-    mod = encoder_module(name)
-    cfg = mod.Config.model_validate({**encoder_config(preset, name), **(overrides or {})})
+    raw = {**encoder_config(preset, name), **(overrides or {})}
+    mod = encoder_module(name, raw.pop(IMPL_KEY, None))
+    cfg = mod.Config.model_validate(raw)
     enc = mod.build(cfg, weights_dir=weights_dir)
+    if enc.name != name:
+        raise ValueError(f"{mod.__name__} builds encoder {enc.name!r}, not {name!r}")
     return enc.eval().requires_grad_(False).to(device)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from sam2.modeling.sam2_base import SAM2Base
 from torch import nn
@@ -65,6 +66,17 @@ WEIGHTS_SOURCES = {
 }
 # EVF-SAM2's vendored CXBlock names its layer scale `weight` where sam2 says `gamma`.
 _EVF_FUSER_SCALE = re.compile(r"^(memory_encoder\.fuser\.layers\.\d+)\.weight$")
+_SAM2_FUSER_SCALE = re.compile(r"^(memory_encoder\.fuser\.layers\.\d+)\.gamma$")
+
+
+def evf_to_sam2_key(key: str) -> str:
+    """An EVF-SAM2 `visual_model.*` key (prefix removed) in sam2's own naming."""
+    return _EVF_FUSER_SCALE.sub(r"\1.gamma", key)
+
+
+def sam2_to_evf_key(key: str) -> str:
+    """A sam2 SAM2Base key in EVF-SAM2's naming (the inverse of evf_to_sam2_key)."""
+    return _SAM2_FUSER_SCALE.sub(r"\1.weight", key)
 
 
 class TrunkConfig(BaseModel):
@@ -91,6 +103,10 @@ class Config(BaseModel):
     """Hiera sizes replacing the YAML's; None = the YAML's own (the official architecture)."""
     image_size: int = 1024
     """Frames are resized to image_size x image_size; features are S/16, S/4 and S/8 on a side."""
+    resize: Literal["sam2", "sam1"] = "sam2"
+    """sam2: SAM2Transforms (float bilinear resize to S x S after /255). sam1: what bok-bok/AV2T-SAM's data
+    loader does: SAM-1's ResizeLongestSide (PIL bilinear on uint8, rounded), mean/std on the 0-255 scale,
+    zero padding to S x S at the bottom/right (a no-op for AVSBench's square frames)."""
     highres: Literal["after_conv", "before_conv"] = "after_conv"
     """Cache the two high-res levels after the mask decoder's conv_s0/conv_s1 (8 MiB/frame fp16 at 1024) or
     before them (42 MiB/frame), so that a head can train those convs."""
@@ -122,6 +138,8 @@ class Sam2ImageEncoder(Encoder):
 
     def preprocess(self, batch: np.ndarray) -> torch.Tensor:
         """uint8 (B, H, W, 3) RGB frames -> float32 (B, 3, S, S), as sam2's SAM2Transforms."""
+        if self.cfg.resize == "sam1":
+            return preprocess_frames_sam1(batch, self.cfg.image_size)
         return preprocess_frames(batch, self.cfg.image_size)
 
     @torch.no_grad()
@@ -195,7 +213,16 @@ class Sam2ImageEncoder(Encoder):
         }
 
     def preprocessing_dict(self) -> dict[str, Any]:
-        """Plain square resize, /255, ImageNet mean/std: sam2's SAM2Transforms."""
+        """Plain square resize, /255, ImageNet mean/std (sam2's SAM2Transforms), or SAM-1's (sam1)."""
+        if self.cfg.resize == "sam1":
+            return {
+                "input": "uint8 RGB",
+                "size": [self.cfg.image_size, self.cfg.image_size],
+                "resize": "SAM-1 ResizeLongestSide: PIL bilinear on uint8, longest side to size, rounded",
+                "mean": [255 * m for m in MEAN],
+                "std": [255 * s for s in STD],
+                "pad": "zeros, bottom/right, after normalisation",
+            }
         return {
             "input": "uint8 RGB",
             "size": [self.cfg.image_size, self.cfg.image_size],
@@ -298,6 +325,29 @@ def preprocess_frames(frames: np.ndarray, image_size: int) -> torch.Tensor:
     return x.sub(mean).div(std).contiguous()
 
 
+def longest_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """SAM-1's ResizeLongestSide target shape: the longest side to size, the other scaled and rounded."""
+    scale = size / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def preprocess_frames_sam1(frames: np.ndarray, image_size: int) -> torch.Tensor:
+    """SAM-1's ResizeLongestSide (PIL bilinear on uint8) + mean/std on 0-255 + zero pad: AV2T's images_sam."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames (B, H, W, 3), got {frames.dtype} {frames.shape}")
+    h, w = longest_side_shape(frames.shape[1], frames.shape[2], image_size)
+    mean = torch.tensor([255 * m for m in MEAN], dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor([255 * s for s in STD], dtype=torch.float32).view(3, 1, 1)
+    out = torch.zeros(len(frames), 3, image_size, image_size)
+    for i, frame in enumerate(frames):
+        img = Image.fromarray(frame)
+        if img.size != (w, h):  # torchvision's resize returns the PIL image itself when the size matches
+            img = img.resize((w, h), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()
+        out[i, :, :h, :w] = (x - mean) / std
+    return out
+
+
 # ---------------------------------------------------------------- model config
 
 
@@ -378,7 +428,7 @@ def read_sam_state(path: Path, weights_format: str) -> dict[str, torch.Tensor]:
         sd = read_evf_sam2(path)["visual_model."]
         if not sd:
             raise CheckpointError(f"{path}: EVF-SAM2 checkpoint holds no visual_model.* keys")
-        return {_EVF_FUSER_SCALE.sub(r"\1.gamma", k): v for k, v in sd.items()}
+        return {evf_to_sam2_key(k): v for k, v in sd.items()}
     obj = read_state_dict(path)
     if not isinstance(obj.get("model"), Mapping):
         raise CheckpointError(f"{path}: expected Meta's {{'model': state_dict}}, got keys {sorted(obj)[:5]}")

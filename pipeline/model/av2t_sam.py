@@ -236,10 +236,20 @@ class AV2TSAM(nn.Module):
         """End to end: uint8 RGB frames (B, H, W, 3) + their CLIP and CLAP embeddings -> as forward_cached."""
         if isinstance(frames, torch.Tensor):
             frames = frames.detach().cpu().numpy()
+        return self.forward_images(self.sam2.preprocess(frames), self.beit3.preprocess(frames), clip, clap)
+
+    def forward_images(
+        self,
+        images_sam: torch.Tensor,
+        images_beit: torch.Tensor,
+        clip: torch.Tensor,
+        clap: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Preprocessed images (B, 3, S, S) for SAM 2 and (B, 3, 224, 224) for BEiT-3 + embeddings -> outputs."""
         fused = self.projector(self._as_input(clip), self._as_input(clap))
         with torch.no_grad():  # frozen and upstream of anything trained
-            patches = self.beit3.beit3.vision_embed(self._as_input(self.beit3.preprocess(frames)))
-            image = self._as_input(self.sam2.preprocess(frames))
+            patches = self.beit3.beit3.vision_embed(self._as_input(images_beit))
+            image = self._as_input(images_sam)
         prompt = self._prompt(patches, fused)
         image_encoder = self.sam2.sam.image_encoder
         if self.cfg.adapters:
@@ -254,6 +264,41 @@ class AV2TSAM(nn.Module):
                 feats, _ = S.neck_levels(image_encoder, image_encoder.trunk(image))
             embed, high_res = self._levels(feats)
         return self._decode(embed, high_res, prompt)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images_sam: torch.Tensor,
+        images_beit: torch.Tensor,
+        clip_embeddings: torch.Tensor,
+        clap_embeddings: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits (B, T, 224, 224) for inputs shaped as the reference data loader gives them.
+
+        images_sam (B, T, 3, S, S), images_beit (B, T, 3, 224, 224), clip_embeddings (B, T, d_clip),
+        clap_embeddings (B, T, d_clap); the images preprocessed as the reference does (pipeline.official).
+        """
+        b, t = images_sam.shape[:2]
+        want = {
+            "images_sam": (images_sam, 5, self.sam2.cfg.image_size),
+            "images_beit": (images_beit, 5, self.beit3.cfg.img_size),
+            "clip_embeddings": (clip_embeddings, 3, self.d_clip),
+            "clap_embeddings": (clap_embeddings, 3, self.d_clap),
+        }
+        for name, (x, ndim, last) in want.items():
+            if x.ndim != ndim or tuple(x.shape[:2]) != (b, t) or x.shape[-1] != last:
+                raise ValueError(
+                    f"{name}: shape {tuple(x.shape)}, expected {ndim} dims starting ({b}, {t}) "
+                    f"and ending in {last}"
+                )
+
+        def flat(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(b * t, *x.shape[2:])
+
+        logits = self.forward_images(
+            flat(images_sam), flat(images_beit), flat(clip_embeddings), flat(clap_embeddings)
+        )["logits"]
+        return logits.reshape(b, t, *logits.shape[1:])
 
     # ------------------------------------------------------------ steps
 

@@ -1,0 +1,62 @@
+"""Our AV2T-SAM with the weights of a published reference checkpoint (bok-bok/AV2T-SAM, HF Kyungbok/AV2T-SAM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.checkpoints import CheckpointError
+from pipeline.config import encoder_config
+from pipeline.encoders import beit3 as B
+from pipeline.encoders import sam2_image as S
+from pipeline.model.av2t_sam import AV2TSAM
+from pipeline.model.config import head_config
+from pipeline.official.checkpoint import has_adapters, load_reference_state, read_reference
+
+PRESET = "paper-official"
+PROJECTIONS = {"d_clip": "projector.vision_proj.weight", "d_clap": "projector.audio_proj.weight"}
+
+
+def empty_model(
+    adapters: bool, d_clip: int = 512, d_clap: int = 1024, preset: str | Path = PRESET
+) -> AV2TSAM:
+    """The reference architecture (the preset's SAM 2 and BEiT-3, its head) with every tensor on meta."""
+    scfg = S.Config.model_validate(
+        encoder_config(preset, "sam2") | {"weights": None, "highres": "before_conv"}
+    )
+    bcfg = B.Config.model_validate(encoder_config(preset, "beit3") | {"weights": None})
+    sam2 = S.Sam2ImageEncoder(S.build_sam(scfg, empty=True), scfg)
+    beit3 = B.Beit3Encoder(bcfg, B.make_beit3(bcfg, "meta"))
+    # The reference head whatever the preset's defaults: `mul`, no extra scale, adapters on every block.
+    head = head_config(preset, fusion="mul", fused_scale=1.0, adapters=adapters, adapter_start_block=0)
+    with torch.device("meta"):
+        model = AV2TSAM(head, sam2, beit3, d_clip, d_clap)
+    # SAM 2's few real buffers go to meta too, so that a strict assign replaces every tensor.
+    return model.to_empty(device="meta")
+
+
+def from_reference_state(
+    sd: dict[str, torch.Tensor], source: str | Path = "state", preset: str | Path = PRESET
+) -> AV2TSAM:
+    """Our model holding a reference state's tensors (shared, not copied), in eval mode on the CPU."""
+    missing = [k for k in PROJECTIONS.values() if k not in sd]
+    if missing:
+        raise CheckpointError(
+            f"{source}: AV2T-SAM checkpoint lacks {missing} (only the `mul` projector loads)"
+        )
+    widths = {name: int(sd[key].shape[1]) for name, key in PROJECTIONS.items()}
+    model = empty_model(has_adapters(sd), preset=preset, **widths)
+    load_reference_state(model, sd, source)
+    return model.eval()
+
+
+def load_av2t_sam(
+    path: str | Path, device: str | torch.device = "cpu", preset: str | Path = PRESET
+) -> AV2TSAM:
+    """A published AV2T-SAM checkpoint (with or without adapters) loaded strictly into our model.
+
+    `model.predict(images_sam, images_beit, clip_embeddings, clap_embeddings)` then gives logits
+    (B, T, 224, 224) for the reference data loader's inputs (see pipeline.official.preprocess).
+    """
+    return from_reference_state(read_reference(path), path, preset).to(device)

@@ -1,0 +1,114 @@
+"""Convert between a published AV2T-SAM checkpoint and our head checkpoint + encoder weights folder.
+
+import: the reference `{name}_best.pth` becomes
+  <out>/head.pt                                    our head checkpoint (evaluate/train read it), and
+  <out>/weights/evf-sam2-multitask/model.safetensors  its frozen SAM 2 / BEiT-3 / fcs in EVF-SAM2's layout,
+so that the `paper-official` preset pointed at <out>/weights builds exactly the encoders the head was
+trained with (the frozen-weights fingerprints in head.pt match them). The CLIP and CLAP files of the
+preset are linked into <out>/weights from the user's weights folder when they are there.
+export: one of our heads (built on its preset's encoders) written in the reference layout.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.checkpoints import CheckpointError
+from pipeline.config import encoder_config, resolve_weights
+from pipeline.official import from_reference_state, read_reference, save_reference
+from pipeline.official.model import PRESET
+from stages.train import CHECKPOINT_FORMAT, read_head_checkpoint
+
+EVF_FILE = Path("evf-sam2-multitask") / "model.safetensors"
+LINKED = ("clip", "clap")  # encoders whose weight files import links next to the written EVF file
+
+
+def import_reference(
+    path: str | Path, out: str | Path, weights_dir: str | Path | None = None, preset: str = PRESET
+) -> dict[str, Path]:
+    """Write our head checkpoint and an EVF-SAM2 weights folder from a reference checkpoint."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    sd = read_reference(path)
+    model = from_reference_state(sd, path, preset)
+    evf = out / "weights" / EVF_FILE
+    evf.parent.mkdir(parents=True, exist_ok=True)
+    frozen = {k[len("model.") :]: v.contiguous() for k, v in sd.items() if k.startswith("model.")}
+    save_file(frozen, str(evf), metadata={"format": "pt", "source": f"model.* of {Path(path).name}"})
+    del frozen
+    head = out / "head.pt"
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "name": Path(path).stem,
+        "preset": preset,
+        "subset": None,
+        "head": model.cfg.model_dump(mode="json"),
+        "trainable": model.trainable_state_dict(),
+        "frozen": model.frozen_fingerprints(),
+        "features": {},  # not trained on a store of ours: any store built by the preset's encoders
+        "epoch": None,
+        "metrics": {},
+        "source": str(path),
+    }
+    torch.save(payload, head)
+    links = _link_encoder_weights(preset, weights_dir, out / "weights")
+    return {"head": head, "weights": out / "weights", "evf": evf, **links}
+
+
+def _link_encoder_weights(preset: str, weights_dir: str | Path | None, target: Path) -> dict[str, Path]:
+    """Symlink the preset's CLIP / CLAP weight files from weights_dir into target (those that exist)."""
+    links = {}
+    for name in LINKED:
+        rel = encoder_config(preset, name).get("weights")
+        src = resolve_weights(rel, weights_dir)
+        if src is None or Path(rel).is_absolute() or not src.is_file():
+            continue
+        dst = target / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        os.symlink(src.resolve(), dst)
+        links[name] = dst
+    return links
+
+
+def export_reference(
+    checkpoint: str | Path,
+    out: str | Path,
+    weights_dir: str | Path | None = None,
+    device: str = "cpu",
+    check: bool = True,
+) -> Path:
+    """Write one of our head checkpoints, on its preset's frozen encoders, as a reference checkpoint.
+
+    check=True (the command line) refuses heads the reference code could not load (see to_reference).
+    """
+    from cache.store import ArraySpec
+    from pipeline.model import HeadConfig
+    from stages.evaluate import _Widths
+    from stages.extract import get_encoder
+    from stages.train import Frozen, build_model, load_head, sam2_overrides
+
+    ck = read_head_checkpoint(checkpoint)
+    head = HeadConfig.model_validate(ck["head"])
+    widths = {n: int(v.shape[1]) for n, v in _projections(ck["trainable"], checkpoint).items()}
+    sam2 = get_encoder("sam2", ck["preset"], weights_dir, device, sam2_overrides(head))
+    beit3 = get_encoder("beit3", ck["preset"], weights_dir, device)
+    specs = {n: _Widths({n: ArraySpec((w,))}) for n, w in widths.items()}
+    model = build_model(head, Frozen(sam2, beit3, weights_dir, {"any": specs}), "any")
+    load_head(checkpoint, model)
+    return save_reference(model, out, check)
+
+
+def _projections(trainable: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
+    """The head's CLIP and CLAP input projections (their widths are the embedding widths)."""
+    keys = {"clip": "projector.vision_proj.weight", "clap": "projector.audio_proj.weight"}
+    missing = [k for k in keys.values() if k not in trainable]
+    if missing:
+        raise CheckpointError(f"{source}: only a `mul` head has the reference layout (it lacks {missing})")
+    return {n: trainable[k] for n, k in keys.items()}
