@@ -54,25 +54,29 @@ def _first(keys: Iterable[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def shape_differences(want: Mapping[str, tuple[int, ...]], have: Mapping[str, tuple[int, ...]]) -> str:
+    """Missing / unexpected keys and shape mismatches of have against want, as one message ('' if none)."""
+    missing = set(want) - set(have)
+    unexpected = set(have) - set(want)
+    shapes = [f"{k} {have[k]} != {want[k]}" for k in want if k in have and have[k] != want[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_first(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:5])}")
+    return "; ".join(parts)
+
+
 def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str | Path) -> None:
     """Load sd into module, failing on any missing or unexpected key or shape mismatch; casts dtypes."""
     own = module.state_dict()
-    missing = set(own) - set(sd)
-    unexpected = set(sd) - set(own)
-    shapes = [
-        f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_first(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:5])}")
-        raise CheckpointError(f"{source}: does not match {type(module).__name__}: " + "; ".join(parts))
+    problems = shape_differences(
+        {k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in sd.items()}
+    )
+    if problems:
+        raise CheckpointError(f"{source}: does not match {type(module).__name__}: {problems}")
     # Published files mix fp16 and fp32 tensors: cast each to the module's own dtype.
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from cache.fingerprint import package_versions
@@ -40,6 +40,7 @@ from pipeline.checkpoints import CheckpointError, load_strict, read_state_dict, 
 from pipeline.config import resolve_weights
 from pipeline.data.audio import Resampler, Stereo
 from pipeline.encoders.base import Encoder
+from pipeline.encoders.clap_audio import HtsatSizes as ClapHtsatSizes
 from pipeline.encoders.clap_audio import numpy_scalar_globals
 
 OUTPUT = "clap"  # the store and the head see an encoder called "clap", whatever implements it
@@ -110,31 +111,15 @@ def msclap_models(sub: str) -> ModuleType:
     return mod
 
 
-class HtsatSizes(BaseModel):
-    """Arguments of msclap's `HTSAT_Swin_Transformer` for custom (non-2023) sizes, e.g. the tiny variant."""
+class HtsatSizes(ClapHtsatSizes):
+    """Arguments of msclap's `HTSAT_Swin_Transformer` for custom (non-2023) sizes, e.g. the tiny variant.
 
-    model_config = ConfigDict(extra="forbid")
+    The laion-clap encoder's sizes plus the class count. HTSAT stretches the log-mel to spec_size *
+    (spec_size // 64) frames; longer inputs take msclap's hard-coded crop path (sized for 10-s clips), and
+    256 (1024 frames) holds up to ~7.4 s at 44.1 kHz.
+    """
 
-    embed_dim: int = Field(gt=0)
-    depths: list[int] = Field(min_length=1)
-    num_heads: list[int] = Field(min_length=1)
-    window_size: int = Field(8, gt=0)
-    # HTSAT stretches the log-mel to spec_size * (spec_size // 64) frames; longer inputs take msclap's
-    # hard-coded crop path (sized for 10-s clips). 256 (1024 frames) holds up to ~7.4 s at 44.1 kHz.
-    spec_size: int = Field(256, gt=0)
-    patch_size: int = Field(4, gt=0)
-    patch_stride: tuple[int, int] = (4, 4)
     num_classes: int = Field(527, gt=0)  # sizes tscam_conv/head, which the embedding does not use
-
-    @model_validator(mode="after")
-    def _check(self) -> HtsatSizes:
-        """Heads must divide every stage width, one head count per stage."""
-        if len(self.depths) != len(self.num_heads):
-            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
-        for i, h in enumerate(self.num_heads):
-            if (self.embed_dim * 2**i) % h:
-                raise ValueError(f"stage {i}: width {self.embed_dim * 2**i} not divisible by {h} heads")
-        return self
 
 
 class Config(BaseModel):

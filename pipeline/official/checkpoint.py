@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoints import CheckpointError, require_file
+from pipeline.checkpoints import CheckpointError, require_file, shape_differences
 from pipeline.encoders.sam2_image import evf_to_sam2_key, sam2_to_evf_key
 from pipeline.model.av2t_sam import AV2TSAM, REFERENCE_PREFIXES
 from pipeline.official.listing import listing_path, read_listing
@@ -89,7 +89,7 @@ def to_reference(model: AV2TSAM, check: bool = True) -> dict[str, torch.Tensor]:
         rows = read_listing(listing_path(model.cfg.adapters))
         want = {k: s for k, s, _ in rows}
         have = {**out, **head}
-        problems = _differences(want, {k: tuple(v.shape) for k, v in have.items()})
+        problems = shape_differences(want, {k: tuple(v.shape) for k, v in have.items()})
         if problems:
             raise CheckpointError(f"this model has no reference AV2T-SAM layout: {problems}")
         return {k: have[k] for k, _, _ in rows}  # the reference's module order
@@ -103,7 +103,7 @@ def load_reference_state(model: AV2TSAM, sd: Mapping[str, torch.Tensor], source:
     Works on a model built on the meta device (tensors are assigned, cast to the model's dtype, not copied).
     """
     expected = to_reference(model, check=False)
-    problems = _differences(
+    problems = shape_differences(
         {k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in sd.items()}
     )
     if problems:
@@ -130,21 +130,6 @@ def load_reference_state(model: AV2TSAM, sd: Mapping[str, torch.Tensor], source:
 def _head_state(model: AV2TSAM) -> dict[str, torch.Tensor]:
     """The head modules' tensors (not cloned), keyed as trainable_state_dict."""
     return {f"{name}.{k}": v for name, m in model.head_modules().items() for k, v in m.state_dict().items()}
-
-
-def _differences(want: Mapping[str, tuple[int, ...]], have: Mapping[str, tuple[int, ...]]) -> str:
-    """Missing / unexpected keys and shape mismatches of have against want, as one message ('' if none)."""
-    missing = [k for k in want if k not in have]
-    unexpected = [k for k in have if k not in want]
-    shapes = [f"{k} {have[k]} != {want[k]}" for k in want if k in have and have[k] != want[k]]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s), e.g. {missing[:5]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:5])}")
-    return "; ".join(parts)
 
 
 def save_reference(model: AV2TSAM, path: str | Path, check: bool = True) -> Path:
