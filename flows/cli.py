@@ -271,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=["clip", "clap", "sam2", "beit3", "gt"],
         help="gt caches the GT masks",
     )
-    x.add_argument("--preset", default="tiny", help="tiny (random weights) or paper (official checkpoints)")
+    x.add_argument(
+        "--preset",
+        default="tiny",
+        help="tiny (random weights), paper or paper-official (official checkpoints)",
+    )
     x.add_argument("--store", default="runs/store.zarr", help="store path or fsspec URL")
     x.add_argument("--batch-size", type=int, default=8)
     x.add_argument("--device", default="auto")
