@@ -81,6 +81,22 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str |
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
+LISTING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+
+
+def read_key_listing(path: str | Path) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(key, shape, dtype) per line of a `key<TAB>shape<TAB>dtype` checkpoint key listing, in file order."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        try:
+            key, shape, dtype = line.split("\t")
+            dims = () if shape == "()" else tuple(int(d) for d in shape.split("x"))
+            rows.append((key, dims, LISTING_DTYPES[dtype]))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}:{n}: not a key<TAB>shape<TAB>dtype line: {line!r}") from e
+    return rows
+
+
 def state_digest(module: nn.Module) -> str:
     """sha256 (16 hex) over the module's state: names, shapes, dtypes and bytes."""
     h = hashlib.sha256()

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoints import CheckpointError
 from pipeline.config import encoder_config, resolve_weights
+from pipeline.model import HeadConfig, build_model
 from pipeline.official import from_reference_state, read_reference, save_reference
-from pipeline.official.model import PRESET
-from stages.train import CHECKPOINT_FORMAT, read_head_checkpoint
+from pipeline.official.model import PRESET, embedding_widths
+from stages.train import CHECKPOINT_FORMAT, load_head, read_head_checkpoint
 
 EVF_FILE = Path("evf-sam2-multitask") / "model.safetensors"
 LINKED = ("clip", "clap")  # encoders whose weight files import links next to the written EVF file
@@ -88,27 +88,9 @@ def export_reference(
 
     check=True (the command line) refuses heads the reference code could not load (see to_reference).
     """
-    from cache.store import ArraySpec
-    from pipeline.model import HeadConfig
-    from stages.evaluate import _Widths
-    from stages.extract import get_encoder
-    from stages.train import Frozen, build_model, load_head, sam2_overrides
-
     ck = read_head_checkpoint(checkpoint)
     head = HeadConfig.model_validate(ck["head"])
-    widths = {n: int(v.shape[1]) for n, v in _projections(ck["trainable"], checkpoint).items()}
-    sam2 = get_encoder("sam2", ck["preset"], weights_dir, device, sam2_overrides(head))
-    beit3 = get_encoder("beit3", ck["preset"], weights_dir, device)
-    specs = {n: _Widths({n: ArraySpec((w,))}) for n, w in widths.items()}
-    model = build_model(head, Frozen(sam2, beit3, weights_dir, {"any": specs}), "any")
+    widths = embedding_widths(ck["trainable"], checkpoint)
+    model = build_model(head, ck["preset"], weights_dir=weights_dir, device=device, **widths)
     load_head(checkpoint, model)
     return save_reference(model, out, check)
-
-
-def _projections(trainable: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
-    """The head's CLIP and CLAP input projections (their widths are the embedding widths)."""
-    keys = {"clip": "projector.vision_proj.weight", "clap": "projector.audio_proj.weight"}
-    missing = [k for k in keys.values() if k not in trainable]
-    if missing:
-        raise CheckpointError(f"{source}: only a `mul` head has the reference layout (it lacks {missing})")
-    return {n: trainable[k] for n, k in keys.items()}

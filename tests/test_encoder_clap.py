@@ -15,7 +15,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from pipeline.checkpoints import CheckpointError
+from pipeline.checkpoints import CheckpointError, read_key_listing
 from pipeline.config import encoder_config
 from pipeline.encoders import clap_audio as ca
 from pipeline.encoders.registry import build_encoder
@@ -23,17 +23,6 @@ from pipeline.encoders.registry import build_encoder
 REF = Path(__file__).parent / "reference"
 TINY_LISTING = REF / "laion_clap_630k-audioset-best_HTSAT-tiny.keys.tsv"
 BASE_LISTING = REF / "laion_clap_music_audioset_epoch_15_esc_90.14_HTSAT-base.keys.tsv"
-DTYPES = {"float32": torch.float32, "int64": torch.int64}
-
-
-def listing(path: Path) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    """(key, shape, dtype) lines of a reference key listing."""
-    rows = []
-    for line in path.read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        dims = () if shape == "()" else tuple(int(d) for d in shape.split("x"))
-        rows.append((key, dims, DTYPES[dtype]))
-    return rows
 
 
 def tones(freq: float, n: int, noise: float = 0.0, seed: int = 0, amp: float = 0.5) -> np.ndarray:
@@ -219,7 +208,7 @@ def test_missing_weights_file_says_where_to_put_it(tmp_path):
 
 
 def test_paper_architecture_matches_the_listing(paper_random):
-    rows = listing(TINY_LISTING)
+    rows = read_key_listing(TINY_LISTING)
     want = {k: (shape, dt) for k, shape, dt in rows if is_audio_key(k)}
     own = {k: (tuple(v.shape), v.dtype) for k, v in paper_random.state_dict().items()}
     assert own == want
@@ -229,7 +218,7 @@ def test_paper_architecture_matches_the_listing(paper_random):
 
 @pytest.mark.parametrize("fmt", ["training-numpy2", "training-numpy1", "bare"])
 def test_paper_loads_official_formats_strictly(tmp_path, fmt):
-    sd = cheap_state(listing(TINY_LISTING))
+    sd = cheap_state(read_key_listing(TINY_LISTING))
     path = tmp_path / "laion_clap" / "630k-audioset-best.pt"
     path.parent.mkdir()
     torch.save(sd if fmt == "bare" else training_container(sd), path)
@@ -248,7 +237,7 @@ def test_paper_loads_official_formats_strictly(tmp_path, fmt):
 
 
 def test_music_htsat_base_checkpoint_loads(tmp_path):
-    rows = listing(BASE_LISTING)
+    rows = read_key_listing(BASE_LISTING)
     sd = cheap_state(rows)
     torch.save(training_container(sd), tmp_path / "music.pt")
     enc = ca.build(ca.Config(amodel="HTSAT-base", weights="music.pt"), weights_dir=tmp_path)
@@ -260,7 +249,7 @@ def test_music_htsat_base_checkpoint_loads(tmp_path):
 
 
 def test_wrong_keys_fail_naming_file_and_keys(tmp_path):
-    sd = cheap_state(listing(TINY_LISTING))
+    sd = cheap_state(read_key_listing(TINY_LISTING))
     del sd["audio_branch.norm.weight"]
     sd["audio_branch.extra_layer.weight"] = torch.zeros(3)
     path = tmp_path / "bad.pt"
@@ -272,7 +261,7 @@ def test_wrong_keys_fail_naming_file_and_keys(tmp_path):
 
 
 def test_fusion_checkpoint_is_named_as_such(tmp_path):
-    sd = cheap_state(listing(TINY_LISTING))
+    sd = cheap_state(read_key_listing(TINY_LISTING))
     sd["audio_branch.patch_embed.fusion_model.local_att.0.weight"] = torch.zeros(3)
     torch.save(sd, tmp_path / "fusion.pt")
     with pytest.raises(CheckpointError, match="feature-fusion"):
@@ -302,7 +291,7 @@ def test_paper_equals_laion_clap_module_on_the_same_file(tmp_path, monkeypatch, 
         laion.hook, "RobertaTokenizer", types.SimpleNamespace(from_pretrained=lambda name: None)
     )
 
-    rows = listing(TINY_LISTING)
+    rows = read_key_listing(TINY_LISTING)
     audio = paper_random.state_dict()
     cheap = cheap_state(rows)  # text tower: listed shapes, cheap constants
     sd = {k: audio[k].clone() if is_audio_key(k) else v for k, v in cheap.items()}

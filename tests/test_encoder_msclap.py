@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from cache import FeatureStore, fingerprint
-from pipeline.checkpoints import CheckpointError
+from pipeline.checkpoints import CheckpointError, read_key_listing
 from pipeline.config import encoder_config, preset_dir
 from pipeline.data.audio import load_segments
 from pipeline.data.clips import read_clips
@@ -30,22 +30,11 @@ REF = Path(__file__).parent / "reference"
 # it from config_2023.yml, with its GPT-2 text tower built from a local GPT2Config() on the meta device
 # (no download), state_dict() order; see tests/reference/README.md.
 LISTING = REF / "msclap_2023.keys.tsv"
-DTYPES = {"float32": torch.float32, "int64": torch.int64}
 PAPER_FILE = Path("msclap") / "CLAP_weights_2023.pth"  # the paper-official preset's weights entry
 TINY = {
     "htsat": {"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "num_classes": 16},
     "d_proj": 64,
 }
-
-
-def listing(path: Path) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    """(key, shape, dtype) lines of a reference key listing."""
-    rows = []
-    for line in path.read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        dims = () if shape == "()" else tuple(int(d) for d in shape.split("x"))
-        rows.append((key, dims, DTYPES[dtype]))
-    return rows
 
 
 def config_2023() -> dict:
@@ -309,7 +298,7 @@ def test_listing_is_msclaps_own_clap(clap_2023):
 
 
 def test_paper_architecture_matches_the_listing(paper_random):
-    rows = listing(LISTING)
+    rows = read_key_listing(LISTING)
     want = {k: (shape, dt) for k, shape, dt in rows if k.startswith(ma.AUDIO_PREFIX)}
     own = {k: (tuple(v.shape), v.dtype) for k, v in paper_random.state_dict().items()}
     assert own == want
@@ -320,7 +309,7 @@ def test_paper_architecture_matches_the_listing(paper_random):
 
 
 def test_paper_official_loads_the_official_container_strictly(tmp_path, clap_2023):
-    rows = listing(LISTING)
+    rows = read_key_listing(LISTING)
     sd = cheap_state(rows)
     path = official_file(tmp_path, sd)
     enc = build_encoder("clap", "paper-official", weights_dir=tmp_path)
@@ -339,7 +328,7 @@ def test_paper_official_loads_the_official_container_strictly(tmp_path, clap_202
 def test_paper_equals_msclaps_audio_path_on_the_same_weights(tmp_path, clap_2023, paper_random):
     """Our encoder, loaded from an official-format file, against msclap's CLAP called as CLAPWrapper does."""
     audio = paper_random.state_dict()
-    official_file(tmp_path, cheap_state(listing(LISTING), {k: v for k, v in audio.items()}))
+    official_file(tmp_path, cheap_state(read_key_listing(LISTING), {k: v for k, v in audio.items()}))
     enc = build_encoder("clap", "paper-official", weights_dir=tmp_path)
     clap_2023.audio_encoder.load_state_dict({k.removeprefix(ma.AUDIO_PREFIX): v for k, v in audio.items()})
     x = np.concatenate([tones(440, 1), tones(2500, 1, noise=0.3, seed=4)])
@@ -350,7 +339,7 @@ def test_paper_equals_msclaps_audio_path_on_the_same_weights(tmp_path, clap_2023
 
 
 def test_wrong_and_missing_keys_fail_naming_file_and_keys(tmp_path):
-    sd = cheap_state(listing(LISTING))
+    sd = cheap_state(read_key_listing(LISTING))
     del sd["audio_encoder.projection.layer_norm.bias"]
     sd["audio_encoder.base.htsat.extra.weight"] = torch.zeros(3)
     path = official_file(tmp_path, sd)
@@ -362,13 +351,13 @@ def test_wrong_and_missing_keys_fail_naming_file_and_keys(tmp_path):
         "audio_encoder.projection.layer_norm.bias" in msg and "audio_encoder.base.htsat.extra.weight" in msg
     )
 
-    sd = cheap_state(listing(LISTING))
+    sd = cheap_state(read_key_listing(LISTING))
     sd["module.audio_encoder.projection.linear1.weight"] = torch.zeros(3)  # neither audio nor text
     official_file(tmp_path, sd)
     with pytest.raises(CheckpointError, match=r"neither msclap's audio encoder.*module\.audio_encoder"):
         build_encoder("clap", "paper-official", weights_dir=tmp_path)
 
-    torch.save(cheap_state(listing(LISTING)), path)  # a bare state dict: not msclap's container
+    torch.save(cheap_state(read_key_listing(LISTING)), path)  # a bare state dict: not msclap's container
     with pytest.raises(CheckpointError, match=r"not an msclap checkpoint.*'model'"):
         build_encoder("clap", "paper-official", weights_dir=tmp_path)
 

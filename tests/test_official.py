@@ -15,9 +15,9 @@ import pytest
 import torch
 from official_inputs import B, T, nudge_mask_choice, parity_inputs
 
-from pipeline.checkpoints import CheckpointError
+from pipeline.checkpoints import CheckpointError, read_key_listing
 from pipeline.official import from_reference_state, load_av2t_sam, save_reference, to_reference
-from pipeline.official.listing import ADAPTER_LISTING, PLAIN_LISTING, random_state, read_listing
+from pipeline.official.listing import ADAPTER_LISTING, PLAIN_LISTING, random_state
 
 GOLDEN = Path(__file__).parent / "reference" / "av2t_sam_parity.npz"
 RTOL = 1e-4  # max |ours - reference| <= RTOL * max |reference logit| (the bar)
@@ -59,7 +59,7 @@ def assert_parity(ours: torch.Tensor, ref: np.ndarray) -> None:
 @pytest.mark.parametrize("adapters", [True, False])
 def test_strict_import_and_exact_export_of_both_layouts(state, adapters):
     sd = state if adapters else plain(state)
-    rows = read_listing(ADAPTER_LISTING if adapters else PLAIN_LISTING)
+    rows = read_key_listing(ADAPTER_LISTING if adapters else PLAIN_LISTING)
     assert [k for k, _, _ in rows] == list(sd)
     model = from_reference_state(sd, "listing")
     assert model.cfg.adapters is adapters

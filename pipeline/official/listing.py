@@ -7,28 +7,16 @@ from pathlib import Path
 
 import torch
 
+from pipeline.checkpoints import read_key_listing
+
 LISTINGS = Path(__file__).parent / "listings"
 ADAPTER_LISTING = LISTINGS / "av2t-sam_evf-sam2_mul_adapter.keys.tsv"
 PLAIN_LISTING = LISTINGS / "av2t-sam_evf-sam2_mul.keys.tsv"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 
 
 def listing_path(adapters: bool) -> Path:
     """The key listing of the reference checkpoint with or without adapters."""
     return ADAPTER_LISTING if adapters else PLAIN_LISTING
-
-
-def read_listing(path: str | Path) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    """(key, shape, dtype) per line of a `key<TAB>shape<TAB>dtype` listing, in file order."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        try:
-            key, shape, dtype = line.split("\t")
-            dims = () if shape == "()" else tuple(int(d) for d in shape.split("x"))
-            rows.append((key, dims, DTYPES[dtype]))
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{path}:{n}: not a key<TAB>shape<TAB>dtype line: {line!r}") from e
-    return rows
 
 
 def random_tensor(key: str, shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -53,4 +41,4 @@ def random_tensor(key: str, shape: tuple[int, ...], dtype: torch.dtype, seed: in
 
 def random_state(path: str | Path, seed: int = 0) -> dict[str, torch.Tensor]:
     """A full state dict for a key listing, every tensor from random_tensor (in listing order)."""
-    return {k: random_tensor(k, s, d, seed) for k, s, d in read_listing(path)}
+    return {k: random_tensor(k, s, d, seed) for k, s, d in read_key_listing(path)}

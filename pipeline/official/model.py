@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,6 +17,16 @@ from pipeline.official.checkpoint import has_adapters, load_reference_state, rea
 
 PRESET = "paper-official"
 PROJECTIONS = {"d_clip": "projector.vision_proj.weight", "d_clap": "projector.audio_proj.weight"}
+
+
+def embedding_widths(sd: Mapping[str, torch.Tensor], source: str | Path) -> dict[str, int]:
+    """d_clip and d_clap: the input widths of the `mul` projector (its keys are the same in both layouts)."""
+    missing = [k for k in PROJECTIONS.values() if k not in sd]
+    if missing:
+        raise CheckpointError(
+            f"{source}: lacks {missing} (only the `mul` projector has the reference layout)"
+        )
+    return {name: int(sd[key].shape[1]) for name, key in PROJECTIONS.items()}
 
 
 def empty_model(
@@ -40,13 +51,7 @@ def from_reference_state(
     sd: dict[str, torch.Tensor], source: str | Path = "state", preset: str | Path = PRESET
 ) -> AV2TSAM:
     """Our model holding a reference state's tensors (shared, not copied), in eval mode on the CPU."""
-    missing = [k for k in PROJECTIONS.values() if k not in sd]
-    if missing:
-        raise CheckpointError(
-            f"{source}: AV2T-SAM checkpoint lacks {missing} (only the `mul` projector loads)"
-        )
-    widths = {name: int(sd[key].shape[1]) for name, key in PROJECTIONS.items()}
-    model = empty_model(has_adapters(sd), preset=preset, **widths)
+    model = empty_model(has_adapters(sd), preset=preset, **embedding_widths(sd, source))
     load_reference_state(model, sd, source)
     return model.eval()
 
