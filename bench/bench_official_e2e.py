@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import preset_dir  # noqa: E402
+from pipeline.config import encoder_config, preset_dir  # noqa: E402
 from pipeline.data.synth import SynthSpec, write_synthetic  # noqa: E402
 from pipeline.official.listing import listing_path, random_state  # noqa: E402
 from stages.evaluate import EvalConfig, evaluate  # noqa: E402
@@ -33,9 +33,9 @@ from stages.official import import_reference  # noqa: E402
 
 def random_encoders_preset(out: Path) -> Path:
     """paper-official with CLIP and MS-CLAP random (same architectures), SAM 2 / BEiT-3 from the import."""
-    shutil.copytree(preset_dir("paper-official"), out)
+    shutil.copytree(preset_dir("paper-official"), out)  # its preset.json still extends the shipped paper
     for name in ("clip", "clap"):
-        cfg = json.loads((out / f"{name}.json").read_text())
+        cfg = encoder_config(out, name)  # clip.json is paper's, inherited
         cfg["weights"] = None  # seeded random init of the same architecture and preprocessing
         (out / f"{name}.json").write_text(json.dumps(cfg, indent=2))
     return out

@@ -22,24 +22,16 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cache.batches import prefetch, sources, to_device
 from pipeline.data.clips import read_clips
 from pipeline.data.images import load_frame, load_mask
 from pipeline.data.synth import write_synthetic
+from pipeline.encoders.registry import get_encoder
 from pipeline.model import head_config
-from stages.extract import ExtractConfig, InputCache, extract, get_encoder
-from stages.train import (
-    OptimConfig,
-    TrainConfig,
-    batches,
-    build_model,
-    fit,
-    load_frozen,
-    make_run,
-    open_batches,
-    sources,
-    to_device,
-    train_step,
-)
+from pipeline.model.build import build_model, frozen_encoders
+from pipeline.settings import ExtractConfig, OptimConfig, TrainConfig
+from stages.extract import InputCache, extract
+from stages.train import fit, make_run, open_batches, open_features, train_step
 
 SUBSET = "ms3"
 
@@ -82,15 +74,16 @@ def setup(tmp: Path, head_fields: dict):
         resume=False,
         optim=OptimConfig(epochs=1, batch_size=8),
     )
-    frozen = load_frozen(cfg, head, ["train"])
-    model = build_model(head, frozen, "train")
-    n = frozen.groups["train"]["gt"].split.n_rows
-    return cfg, frozen, make_run("bench", head, model, cfg.optimiser(), -(-n // 8))
+    frozen = frozen_encoders(head, cfg.preset, device="cpu")
+    feats = open_features(cfg, "train", frozen)
+    model = build_model(head, cfg.preset, **feats.widths(), encoders=frozen)
+    n = feats.groups["gt"].split.n_rows
+    return cfg, feats, make_run("bench", head, model, cfg.optimiser(), -(-n // 8))
 
 
-def raw_batches(tmp: Path, frozen):
+def raw_batches(tmp: Path, feats):
     """The same rows and batches as the cached epoch, decoded from PNG / WAV each time."""
-    index = frozen.groups["train"]["gt"].split.index
+    index = feats.index
     clips = {c.id: c for c in read_clips(tmp / "data", SUBSET, "train")}
     clip_enc = get_encoder("clip", "tiny", None, "cpu")
     clap_enc = get_encoder("clap", "tiny", None, "cpu")
@@ -125,9 +118,9 @@ def live_step(run, frames, clip, clap, masks) -> None:
 def worker(tmp: Path, mode: str, head_fields: dict) -> dict:
     """Time one epoch in this process (after a warm-up step) and report peak RSS and FLOPs per step."""
     cfg, frozen, run = setup(tmp, head_fields)
-    srcs = sources([run.model], frozen.groups["train"])
+    srcs = sources([run.model], frozen.groups)
     ds = open_batches(cfg, "train", srcs, True, 8)
-    cached = [to_device(b, torch.device("cpu")) for b in batches(ds, 0)][:1]
+    cached = [to_device(b, torch.device("cpu")) for b in prefetch(ds, 0)][:1]
     flops_cached = _flops(lambda: train_step(run, cached[0]))
     raw = next(raw_batches(tmp, frozen))
     # What the cache removes: CLIP + CLAP forward (inside raw_batches) and SAM 2 / BEiT-3 embedding (live_step).
@@ -135,7 +128,7 @@ def worker(tmp: Path, mode: str, head_fields: dict) -> dict:
     t = time.perf_counter()
     steps = 0
     if mode == "cached":
-        for b in batches(ds, 0):
+        for b in prefetch(ds, 0):
             train_step(run, to_device(b, torch.device("cpu")))
             steps += 1
     else:
@@ -145,7 +138,7 @@ def worker(tmp: Path, mode: str, head_fields: dict) -> dict:
     secs = time.perf_counter() - t
     compute = secs
     if mode == "cached":  # the same steps on batches already in memory: what data loading costs
-        loaded = [to_device(b, torch.device("cpu")) for b in batches(ds, 0)]
+        loaded = [to_device(b, torch.device("cpu")) for b in prefetch(ds, 0)]
         t = time.perf_counter()
         for b in loaded:
             train_step(run, b)

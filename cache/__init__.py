@@ -1,6 +1,5 @@
 """The Zarr v3 feature store: one group per (subset, split), one sub-group per encoder fingerprint."""
 
-from cache.fingerprint import fingerprint
 from cache.index import SplitIndex
 from cache.store import (
     ArraySpec,
@@ -11,6 +10,7 @@ from cache.store import (
     SplitGroup,
     StoreError,
 )
+from pipeline.provenance import fingerprint
 
 __all__ = [
     "ArraySpec",

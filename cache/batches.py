@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cache.store import EncoderGroup, FeatureStore, StoreError, read_rows_many
+from cache.index import SplitIndex
+from cache.store import EncoderGroup, FeatureStore, StoreError, read_rows
 
 
 @dataclass(frozen=True)
@@ -84,13 +88,9 @@ class FeatureBatches(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rows = self._batches[i]
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
         out: dict[str, torch.Tensor] = {"row": torch.from_numpy(rows.copy())}
-        for field, x in read_rows_many(self._open(), sorted_rows).items():
-            out[field] = torch.from_numpy(np.ascontiguousarray(x[inverse]))
+        for field, x in read_rows(self._open(), rows).items():
+            out[field] = torch.from_numpy(x)
         return out
 
 
@@ -101,3 +101,117 @@ def _encoder_by_key(group, key: str) -> EncoderGroup:
             return e
     name, _, fp = key.partition("@")
     return group.encoder(name, fp or None)
+
+
+class CachedModel(Protocol):
+    """What the batch plumbing asks of a model: the store arrays it reads, per encoder name."""
+
+    def cached_fields(self) -> dict[str, list[str]]: ...
+
+
+MASK = "mask"
+
+
+def sources(models: list[CachedModel], groups: Mapping[str, EncoderGroup]) -> dict[str, Source]:
+    """Store arrays every model needs (by encoder name -> sub-group), plus the GT mask."""
+    out = {MASK: Source(groups["gt"].key, MASK)}
+    for m in models:
+        for enc_name, arrays in m.cached_fields().items():
+            for a in arrays:
+                out[a] = Source(groups[enc_name].key, a)
+    return out
+
+
+def prefetch(
+    ds: FeatureBatches, epoch: int = 0, max_steps: int | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of batches in order, the next one read in a thread while this one runs."""
+    ds.set_epoch(epoch)
+    n = len(ds) if max_steps is None else min(len(ds), max_steps)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(ds.__getitem__, 0) if n else None
+        for i in range(n):
+            batch = nxt.result()
+            nxt = pool.submit(ds.__getitem__, i + 1) if i + 1 < n else None
+            yield batch
+
+
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Features as float32 on the device (the store holds float16), masks as float; the row ids stay behind."""
+    return {k: v.to(device, non_blocking=True).float() for k, v in batch.items() if k != "row"}
+
+
+@dataclass
+class VideoRows:
+    """One video's rows gathered from batches, in frame order: frames and each field stacked (N, ...)."""
+
+    video: str
+    category: str | None
+    frames: list[int]
+    fields: dict[str, Any]
+
+
+class VideoAssembler:
+    """Regroups rows that arrive batch by batch into whole videos (a video may span two batches)."""
+
+    def __init__(self, index: SplitIndex, rows: np.ndarray):
+        self.index = index
+        self.expected = Counter(index.video[rows].tolist())
+        self.pending: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+
+    def add(self, row: int, fields: dict[str, Any]) -> VideoRows | None:
+        """Take one row's fields; returns its video once all of the video's rows have come."""
+        video = str(self.index.video[row])
+        items = self.pending.setdefault(video, [])
+        items.append((int(self.index.frame[row]), fields))
+        if len(items) < self.expected[video]:
+            return None
+        del self.pending[video]
+        return self._video(video, items)
+
+    def _video(self, video: str, items: list[tuple[int, dict[str, Any]]]) -> VideoRows:
+        """The items of one video in frame order, fields stacked."""
+        items.sort(key=lambda t: t[0])
+        stacked = {k: _stack([f[k] for _, f in items]) for k in items[0][1]}
+        category = str(self.index.category[self.index.rows_of(video)[0]]) or None
+        return VideoRows(video, category, [k for k, _ in items], stacked)
+
+    def flush(self) -> Iterator[VideoRows]:
+        """The videos still missing rows (a run cut short), with the rows they have, in order of arrival."""
+        for video in list(self.pending):
+            items = self.pending.pop(video)
+            yield self._video(video, items)
+
+
+def _stack(values: list[Any]) -> Any:
+    """Stack per-row tensors; dicts of tensors (e.g. logits per variant) key by key."""
+    if isinstance(values[0], dict):
+        return {k: torch.stack([v[k] for v in values]) for k in values[0]}
+    return torch.stack(values)
+
+
+def video_outputs(
+    ds: FeatureBatches,
+    index: SplitIndex,
+    forward: Callable[[dict[str, torch.Tensor], np.ndarray], dict[str, Any]],
+    device: torch.device,
+    max_steps: int | None = None,
+) -> Iterator[VideoRows]:
+    """Run `forward(batch on device, rows)` over the dataset's rows in order and yield whole videos.
+
+    `forward` returns per-row outputs (tensors or dicts of tensors with the batch on the first axis); each
+    video's rows come back with the GT mask as read from the store under "mask". With max_steps (benchmarks)
+    only the first batches run, and the videos they cut short come last, with the rows they have.
+    """
+    assembler = VideoAssembler(index, ds.rows)
+    for raw in prefetch(ds, 0, max_steps):
+        rows = raw["row"].numpy()
+        outs = forward(to_device(raw, device), rows)
+        for j, r in enumerate(rows):
+            fields = {MASK: raw[MASK][j]}
+            for k, v in outs.items():
+                fields[k] = {n: x[j] for n, x in v.items()} if isinstance(v, dict) else v[j]
+            done = assembler.add(int(r), fields)
+            if done is not None:
+                yield done
+    yield from assembler.flush()

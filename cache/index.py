@@ -5,13 +5,22 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
-from pipeline.data.clips import Clip
-
 FrameSelection = Literal["used", "all"]
+
+
+class ClipLike(Protocol):
+    """What the index reads of a clip (pipeline.data.Clip has it; the cache does not import the reader)."""
+
+    id: str
+    subset: str
+    split: str
+    category: str | None
+    frames: tuple[int, ...]
+    annotated: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,7 @@ class SplitIndex:
         return len(self.video)
 
     @classmethod
-    def from_clips(cls, clips: Iterable[Clip], frames: FrameSelection = "used") -> SplitIndex:
+    def from_clips(cls, clips: Iterable[ClipLike], frames: FrameSelection = "used") -> SplitIndex:
         """Rows for clips: 'used' keeps only annotated frames of S4 train (the training rows), 'all' all five."""
         rows = []
         for c in clips:

@@ -14,8 +14,8 @@ import zarr
 import zarr.codecs
 from zarr.core.sync import sync as zarr_sync
 
-from cache.fingerprint import canonical_json, diff_provenance, fingerprint
 from cache.index import SplitIndex
+from pipeline.provenance import canonical_json, diff_provenance, fingerprint
 
 STORE_VERSION = 1
 INDEX_COLUMNS = ("video", "frame", "category", "has_mask")
@@ -98,6 +98,17 @@ def read_rows_many(arrays: dict[str, zarr.Array], rows: np.ndarray) -> dict[str,
 
     parts = iter(zarr_sync(gather()))
     return {name: np.concatenate([np.asarray(next(parts)) for _ in runs]) for name in arrays}
+
+
+def read_rows(arrays: dict[str, zarr.Array], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows of several arrays in the order given (any order, repeats allowed): read sorted, then put back."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    out = {}
+    for name, x in read_rows_many(arrays, rows[order]).items():
+        out[name] = np.empty_like(x)
+        out[name][order] = x
+    return out
 
 
 class FeatureStore:
@@ -406,11 +417,7 @@ class EncoderGroup:
         arr = self.array(name)
         if isinstance(rows, slice):
             return arr[rows]
-        rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
-        out[order] = read_rows_many({name: arr}, rows[order])[name]
-        return out
+        return read_rows({name: arr}, rows)[name]
 
     def dask(self, name: str) -> da.Array:
         """One array as a dask array chunked like the store."""

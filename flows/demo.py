@@ -5,27 +5,30 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import flow
 
 from flows.evaluate import evaluate
 from flows.extract import extract_features
+from flows.params import model_params, settings
 from flows.train import train_head
 from pipeline.data.synth import write_synthetic
+from pipeline.settings import DemoSettings
 
 
 @flow(name="demo")
-def demo(
-    out: str = "runs/demo", s4_videos: int = 80, ms3_videos: int = 24, epochs: int = 15, seed: int = 0
-) -> list[dict]:
+@model_params(DemoSettings)
+def demo(**params: Any) -> list[dict]:
     """Run the whole pipeline on a synthetic AVSBench tree and return one score row per subset."""
-    base = Path(out)
+    s = settings(DemoSettings, params)
+    base = s.out
     root, rows = base / "data", []
     # S4 trains on frame 1 only (the only annotated one), so it needs more videos than MS3 for as many rows.
-    for subset, videos in (("s4", s4_videos), ("ms3", ms3_videos)):
+    for subset, videos in (("s4", s.s4_videos), ("ms3", s.ms3_videos)):
         t = time.perf_counter()
-        write_synthetic(root, subset, videos=videos, seed=seed)
+        write_synthetic(root, subset, videos=videos, seed=s.seed)
         store = str(base / f"{subset}.zarr")
         # The demo rewrites its data, so it starts a fresh store and head (a store never mixes clip lists).
         for old in (Path(store), base / f"train-{subset}"):
@@ -34,7 +37,7 @@ def demo(
         table = train_head(
             store=store,
             subset=subset,
-            epochs=epochs,
+            epochs=s.epochs,
             out=str(base / f"train-{subset}"),
             device="cpu",
             resume=False,
@@ -63,10 +66,10 @@ def demo(
     return rows
 
 
-def main(out: str = "runs/demo") -> None:
-    """Print the table and where the reports are."""
+def main(s: DemoSettings | None = None) -> None:
+    """Run the demo flow; print the table and where the reports are."""
     t = time.perf_counter()
-    rows = demo(out=out)
+    rows = demo(**(s or DemoSettings()).model_dump())
     df = pd.DataFrame(rows)
     print("\nAV2T-SAM demo (synthetic AVSBench, tiny preset, random-weight encoders; end-to-end test split;")
     print("M_F with one video per batch, as the AV2T test):\n")

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from stages.evaluate import EvalConfig
+from flows.params import model_params, settings
+from pipeline.settings import EvalFlowSettings
 from stages.evaluate import evaluate as run_evaluation
 
-METRICS = ("M_J", "M_F", "M_F_batch_free")
+# Reports written before evaluators named their compared scores (`score_rows`) compare these.
+LEGACY_COMPARED = ("M_J", "M_F", "M_F_batch_free")
 
 
 def newest_checkpoint(checkpoints: str) -> Path:
@@ -32,16 +34,34 @@ def previous_report(reports: Path, before: Path) -> dict[str, Any] | None:
     return json.loads(found[-1].read_text()) if found else None
 
 
+def compared_scores(report: dict[str, Any]) -> list[str]:
+    """The report keys its evaluators mark for comparison (higher is better)."""
+    if "score_rows" not in report:
+        return list(LEGACY_COMPARED)
+    return [r["key"] for r in report["score_rows"] if r["compare"]]
+
+
+def score(report: dict[str, Any], key: str) -> float | None:
+    """A score by its report key (dotted for nested fields, e.g. vision_bias.M_J_swapped)."""
+    value: Any = report
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def compare(now: dict[str, Any], prev: dict[str, Any] | None, tolerance: float) -> list[dict[str, Any]]:
-    """One row per metric: now, before, delta, and whether it regressed by more than the tolerance."""
+    """One row per compared score: now, before, delta, and whether it regressed by more than the tolerance."""
     rows = []
-    for m in METRICS:
-        before = prev.get(m) if prev else None
-        delta = None if before is None else now[m] - before
+    for m in compared_scores(now):
+        value = score(now, m)
+        before = score(prev, m) if prev else None
+        delta = None if before is None else value - before
         rows.append(
             {
                 "metric": m,
-                "now": round(now[m], 6),
+                "now": round(value, 6),
                 "previous": None if before is None else round(before, 6),
                 "delta": None if delta is None else round(delta, 6),
                 "regression": bool(delta is not None and delta < -tolerance),
@@ -69,37 +89,16 @@ def publish(report: dict[str, Any], rows: list[dict[str, Any]], key: str) -> Non
 
 
 @flow(name="evaluate")
-def evaluate(
-    checkpoint: str | None = None,
-    checkpoints: str = "runs",
-    root: str = "data/synth",
-    subset: Literal["s4", "ms3"] = "s4",
-    split: Literal["train", "val", "test"] = "test",
-    mode: Literal["cached", "end-to-end"] = "end-to-end",
-    store: str | None = None,
-    reports: str = "runs/reports",
-    device: str = "auto",
-    vision_bias: bool = False,
-    tolerance: float = 0.005,
-    weights_dir: str | None = None,
-) -> dict[str, Any]:
+@model_params(EvalFlowSettings, exclude=["out", "progress"])
+def evaluate(**params: Any) -> dict[str, Any]:
     """Score a head (default: the newest best.pt under `checkpoints`), compare with the last report, publish."""
     log = get_run_logger()
-    ck = Path(checkpoint) if checkpoint else newest_checkpoint(checkpoints)
+    s = settings(EvalFlowSettings, params)
+    subset, split, reports, tolerance = s.subset, s.split, s.reports, s.tolerance
+    ck = s.checkpoint or newest_checkpoint(s.checkpoints)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     out = Path(reports) / f"{stamp}-{subset}-{split}"
-    cfg = EvalConfig(
-        checkpoint=ck,
-        root=Path(root),
-        subset=subset,
-        split=split,
-        mode=mode,
-        store=store,
-        device=device,
-        out=out,
-        vision_bias=vision_bias,
-        weights_dir=Path(weights_dir) if weights_dir else None,
-    )
+    cfg = s.stage(ck, out)
     report = run_evaluation(cfg)
     rows = compare(report, previous_report(Path(reports), out), tolerance)
     (out / "comparison.json").write_text(json.dumps(rows, indent=2))

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 
-from flows.runners import RunnerKind, make_runner
-from stages.extract import ExtractConfig, Shard, extract_shard, prepare, summarize
+from flows.params import model_params, settings
+from flows.runners import make_runner
+from pipeline.settings import ExtractConfig, ExtractFlowSettings
+from stages.extract import Shard, extract_shard, prepare, summarize
 
 
 @task(
@@ -37,56 +38,20 @@ def _run_shards(cfg: ExtractConfig, shards: list[Shard]) -> list[dict[str, Any]]
 
 
 @flow(name="extract-features")
-def extract_features(
-    root: str,
-    subset: Literal["s4", "ms3"] = "s4",
-    splits: list[Literal["train", "val", "test"]] = ["train", "val", "test"],  # noqa: B006 (Prefect params)
-    encoders: list[str] = ["clip", "clap", "sam2", "beit3", "gt"],  # noqa: B006
-    preset: str = "tiny",
-    store: str = "runs/store.zarr",
-    batch_size: int = 8,
-    device: str = "auto",
-    on_error: Literal["stop", "skip"] = "stop",
-    dtype: Literal["float16", "float32"] = "float16",
-    frames: Literal["used", "all"] = "used",
-    weights_dir: str | None = None,
-    overrides: dict[str, dict] | None = None,
-    allow_other_fingerprints: bool = False,
-    block_rows: int = 32,
-    threads: int = 0,
-    task_runner: RunnerKind = "threads",
-    workers: int = 1,
-    dask_address: str | None = None,
-) -> dict[str, Any]:
+@model_params(ExtractFlowSettings)
+def extract_features(**params: Any) -> dict[str, Any]:
     """Precompute CLIP, CLAP, SAM 2 and BEiT-3 features of an AVSBench subset into the Zarr store."""
     log = get_run_logger()
-    cfg = ExtractConfig(
-        root=Path(root),
-        subset=subset,
-        splits=splits,
-        encoders=encoders,
-        preset=preset,
-        store=store,
-        batch_size=batch_size,
-        device=device,
-        on_error=on_error,
-        dtype=dtype,
-        frames=frames,
-        weights_dir=Path(weights_dir) if weights_dir else None,
-        overrides=overrides or {},
-        allow_other_fingerprints=allow_other_fingerprints,
-        block_rows=block_rows,
-        threads=threads,
-    )
+    s = settings(ExtractFlowSettings, params)
+    cfg = s.stage()
     shards = prepare(cfg)
-    log.info(f"{len(shards)} pending shard(s), {sum(s.rows for s in shards)} rows, runner {task_runner}")
+    log.info(f"{len(shards)} pending shard(s), {sum(sh.rows for sh in shards)} rows, runner {s.task_runner}")
     results = []
     if shards:
-        runner = make_runner(task_runner, workers, dask_address)
-        results = _run_shards.with_options(task_runner=runner)(cfg, shards)
+        results = _run_shards.with_options(task_runner=make_runner(s))(cfg, shards)
     failures = [f for r in results for f in r["failures"]]
     for f in failures:
         log.warning(f"skipped {f['path']}: {f['error']}")
     summary = summarize(cfg)
-    log.info(f"store {store}: {summary}")
+    log.info(f"store {cfg.store}: {summary}")
     return {"computed": sum(r["computed"] for r in results), "failures": failures, "store": summary}

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
-from prefect.task_runners import ThreadPoolTaskRunner
-
-RunnerKind = Literal["threads", "dask"]
+from pipeline.settings import RunnerSettings
 
 
-def make_runner(kind: RunnerKind = "threads", workers: int = 2, dask_address: str | None = None):
-    """A ThreadPoolTaskRunner, or a DaskTaskRunner on `dask_address` (a new local cluster when None)."""
-    if kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=workers)
+def make_runner(r: RunnerSettings) -> Any:
+    """A ThreadPoolTaskRunner, or a DaskTaskRunner on `r.dask_address` (a new local cluster when None)."""
+    if r.task_runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=r.workers)
     from prefect_dask import DaskTaskRunner
 
-    if dask_address:
-        return DaskTaskRunner(address=dask_address)
+    if r.dask_address:
+        return DaskTaskRunner(address=r.dask_address)
     # Processes, one thread each: torch runs its own threads, and the GIL would serialise the rest.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    return DaskTaskRunner(cluster_kwargs={"n_workers": r.workers, "threads_per_worker": 1, "processes": True})

@@ -2,78 +2,23 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from cache import ArraySpec, EncoderGroup, FeatureStore, SplitIndex, fingerprint
-from cache.fingerprint import canonical_json
-from cache.index import FrameSelection
 from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
 from pipeline.data.images import load_frame, load_mask
-from pipeline.data.layout import FRAME_SIZE, SPLITS
+from pipeline.data.layout import FRAME_SIZE
 from pipeline.encoders.base import Encoder
-from pipeline.encoders.registry import ENCODER_NAMES, build_encoder
-
-
-class ExtractConfig(BaseModel):
-    """What to extract, from where, into where."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    root: Path = Field(description="AVSBench root (the folder holding Single-source/ and Multi-sources/)")
-    subset: Literal["s4", "ms3"] = "s4"
-    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: list(SPLITS))
-    encoders: list[str] = Field(
-        default_factory=lambda: list(ENCODER_NAMES), description="'gt' caches the masks"
-    )
-    preset: str = "tiny"
-    store: str = Field("runs/store.zarr", description="store path or fsspec URL")
-    batch_size: int = Field(8, ge=1)
-    device: str = Field("auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
-    on_error: Literal["stop", "skip"] = "stop"
-    dtype: Literal["float16", "float32"] = "float16"
-    frames: FrameSelection = Field("used", description="used: S4 train frame 1 only; all: every frame")
-    weights_dir: Path | None = None
-    overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description='per-encoder config overrides, e.g. {"sam2": {"trunk_block": 44}}'
-    )
-    block_rows: int = Field(32, ge=1, description="rows per write block (= shard)")
-    codec: str = "zstd"
-    allow_other_fingerprints: bool = False
-    threads: int = Field(
-        0, ge=0, description="torch threads per worker (0: leave as is); same count -> bit-identical features"
-    )
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' is the GPU when there is one."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-_ENCODERS: dict[tuple, Encoder] = {}
-_ENCODERS_LOCK = threading.Lock()
-
-
-def get_encoder(
-    name: str, preset: str, weights_dir: Path | None, device: str, overrides: dict[str, Any] | None = None
-) -> Encoder:
-    """One built encoder per (name, preset, weights, device, overrides) per process, shared by its threads."""
-    key = (name, preset, str(weights_dir), str(resolve_device(device)), canonical_json(overrides or {}))
-    with _ENCODERS_LOCK:
-        if key not in _ENCODERS:
-            _ENCODERS[key] = build_encoder(name, preset, weights_dir, resolve_device(device), overrides)
-        return _ENCODERS[key]
+from pipeline.encoders.registry import get_encoder
+from pipeline.settings import ExtractConfig
 
 
 def cfg_encoder(cfg: ExtractConfig, name: str) -> Encoder:

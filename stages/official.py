@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from pipeline.config import encoder_config, resolve_weights
-from pipeline.model import HeadConfig, build_model
+from pipeline.model.build import build_model
+from pipeline.model.head_checkpoint import head_payload, load_head, read_head, save_head
 from pipeline.official import from_reference_state, read_reference, save_reference
-from pipeline.official.model import PRESET, embedding_widths
-from stages.train import CHECKPOINT_FORMAT, load_head, read_head_checkpoint
+from pipeline.official.model import PRESET
 
 EVF_FILE = Path("evf-sam2-multitask") / "model.safetensors"
 LINKED = ("clip", "clap")  # encoders whose weight files import links next to the written EVF file
@@ -41,21 +38,11 @@ def import_reference(
     frozen = {k[len("model.") :]: v.contiguous() for k, v in sd.items() if k.startswith("model.")}
     save_file(frozen, str(evf), metadata={"format": "pt", "source": f"model.* of {Path(path).name}"})
     del frozen
-    head = out / "head.pt"
-    payload: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "name": Path(path).stem,
-        "preset": preset,
-        "subset": None,
-        "head": model.cfg.model_dump(mode="json"),
-        "trainable": model.trainable_state_dict(),
-        "frozen": model.frozen_fingerprints(),
-        "features": {},  # not trained on a store of ours: any store built by the preset's encoders
-        "epoch": None,
-        "metrics": {},
-        "source": str(path),
-    }
-    torch.save(payload, head)
+    # Not trained on a store of ours (features {}): any store built by the preset's encoders will do.
+    payload = head_payload(
+        model, name=Path(path).stem, preset=preset, subset=None, features={}, source=str(path)
+    )
+    head = save_head(payload, out / "head.pt")
     links = _link_encoder_weights(preset, weights_dir, out / "weights")
     return {"head": head, "weights": out / "weights", "evf": evf, **links}
 
@@ -88,9 +75,7 @@ def export_reference(
 
     check=True (the command line) refuses heads the reference code could not load (see to_reference).
     """
-    ck = read_head_checkpoint(checkpoint)
-    head = HeadConfig.model_validate(ck["head"])
-    widths = embedding_widths(ck["trainable"], checkpoint)
-    model = build_model(head, ck["preset"], weights_dir=weights_dir, device=device, **widths)
-    load_head(checkpoint, model)
+    ck = read_head(checkpoint)
+    model = build_model(ck.head, ck.preset, weights_dir=weights_dir, device=device, **ck.widths())
+    load_head(ck, model)
     return save_reference(model, out, check)

@@ -4,134 +4,52 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from cache import EncoderGroup, FeatureStore, StoreError, fingerprint
-from cache.batches import FeatureBatches, Source
-from pipeline.checkpoints import CheckpointError
-from pipeline.config import preset_dir, resolve_weights
-from pipeline.metrics import MetricAccumulator
+from cache.batches import FeatureBatches, Source, prefetch, sources, to_device, video_outputs
+from pipeline.encoders.registry import resolve_device
+from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
 from pipeline.model import AV2TSAM, HeadConfig, head_config, segmentation_loss
-from pipeline.model.av2t_sam import read_text_hidden_fcs
-from stages.extract import get_encoder, resolve_device
+from pipeline.model.build import build_model, frozen_encoders, sam2_overrides
+from pipeline.model.head_checkpoint import head_payload, save_atomic, save_head
+from pipeline.settings import OptimConfig, TrainConfig
 
-CHECKPOINT_FORMAT = "av2t-head/1"
-
-
-class OptimConfig(BaseModel):
-    """AdamW with a cosine schedule to min_lr (the paper: lr 2e-4, wd 0.01, 40 epochs, batch 8)."""
-
-    model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    min_lr: float = 1e-7
-
-
-def preset_optim(preset: str) -> OptimConfig:
-    """The preset's training defaults (pipeline/presets/<preset>/train.json)."""
-    path = preset_dir(preset) / "train.json"
-    return OptimConfig.model_validate_json(path.read_text()) if path.is_file() else OptimConfig()
-
-
-class TrainConfig(BaseModel):
-    """One training run: where the features are, the head, the optimiser, where outputs go."""
-
-    model_config = ConfigDict(extra="forbid")
-    store: str = "runs/store.zarr"
-    subset: Literal["s4", "ms3"] = "s4"
-    train_split: str = "train"
-    val_split: str = "val"
-    preset: str = "tiny"
-    weights_dir: Path | None = None
-    head: HeadConfig | None = Field(
-        None, description="default: the preset's head.json (the paper's mul head)"
-    )
-    optim: OptimConfig | None = Field(None, description="default: the preset's train.json")
-    seed: int = 0
-    device: str = "auto"
-    out: Path = Path("runs/train")
-    resume: bool = True
-    threads: int = Field(0, ge=0, description="torch threads (0: leave as is)")
-    max_steps: int | None = Field(None, description="stop each epoch after this many steps (benchmarks)")
-    stop_after: int | None = Field(
-        None, description="leave after this many epochs of this invocation (resume later)"
-    )
-    progress: bool = True
-
-    def head_config(self) -> HeadConfig:
-        """The effective head."""
-        return self.head or head_config(self.preset)
-
-    def optimiser(self) -> OptimConfig:
-        """The effective optimiser settings."""
-        return self.optim or preset_optim(self.preset)
+FEATURES = ("clip", "clap", "sam2", "beit3", "gt")
 
 
 @dataclass
-class Frozen:
-    """The frozen encoders a head needs live (SAM 2 and BEiT-3) and the feature sub-groups it reads."""
+class Features:
+    """The store sub-groups a head reads in one split, by encoder name."""
 
-    sam2: Any
-    beit3: Any
-    weights_dir: Path | None = None
-    groups: dict[str, dict[str, EncoderGroup]] = field(default_factory=dict)  # split -> encoder name -> group
+    groups: dict[str, EncoderGroup]
 
+    @property
+    def index(self):
+        """The split's index table."""
+        return self.groups["gt"].split.index
 
-def sam2_overrides(head: HeadConfig) -> dict[str, Any] | None:
-    """SAM 2 must also cache the trunk activation where the adapters start."""
-    return {"trunk_block": head.adapter_start_block} if head.adapters else None
+    def widths(self) -> dict[str, int]:
+        """d_clip / d_clap: the cached embeddings' widths."""
+        return {f"d_{n}": int(self.groups[n].specs[n].shape[0]) for n in ("clip", "clap")}
 
-
-def load_frozen(cfg: TrainConfig, head: HeadConfig, splits: list[str]) -> Frozen:
-    """Build SAM 2 / BEiT-3 as extraction did and find the matching feature groups (by fingerprint)."""
-    device = str(resolve_device(cfg.device))
-    sam2 = get_encoder("sam2", cfg.preset, cfg.weights_dir, device, sam2_overrides(head))
-    beit3 = get_encoder("beit3", cfg.preset, cfg.weights_dir, device)
-    store = FeatureStore(cfg.store, mode="r")
-    frozen = Frozen(sam2, beit3, cfg.weights_dir)
-    for split in splits:
-        g = store.split(cfg.subset, split)
-        frozen.groups[split] = {
-            "sam2": g.encoder("sam2", fingerprint(sam2.provenance())),
-            "beit3": g.encoder("beit3", fingerprint(beit3.provenance())),
-            # CLIP / CLAP run only at extraction: take the one fingerprint the store holds.
-            "clip": g.encoder("clip"),
-            "clap": g.encoder("clap"),
-            "gt": g.encoder("gt"),
-        }
-    return frozen
+    def fingerprints(self) -> dict[str, str]:
+        """Encoder name -> fingerprint of the features (what a head checkpoint records)."""
+        return {k: g.fingerprint for k, g in self.groups.items() if k != "gt"}
 
 
-def build_model(head: HeadConfig, frozen: Frozen, split: str) -> AV2TSAM:
-    """A head on the frozen encoders, sized from the cached CLIP / CLAP dims."""
-    groups = frozen.groups[split]
-    d_clip = groups["clip"].specs["clip"].shape[0]
-    d_clap = groups["clap"].specs["clap"].shape[0]
-    fcs, source = None, "text_hidden_fcs"
-    if frozen.beit3.cfg.weights is not None:  # the EVF-SAM2 file that holds BEiT-3 holds the fcs too
-        source = resolve_weights(frozen.beit3.cfg.weights, frozen.weights_dir)
-        fcs = read_text_hidden_fcs(source)
-    return AV2TSAM(head, frozen.sam2, frozen.beit3, d_clip, d_clap, fcs, source)
-
-
-def sources(models: list[AV2TSAM], groups: dict[str, EncoderGroup]) -> dict[str, Source]:
-    """Store arrays every model needs, plus the GT mask."""
-    out = {"mask": Source(groups["gt"].key, "mask")}
-    for m in models:
-        for enc_name, arrays in m.cached_fields().items():
-            for a in arrays:
-                out[a] = Source(groups[enc_name].key, a)
-    return out
+def open_features(cfg: TrainConfig, split: str, frozen: dict[str, Any]) -> Features:
+    """The split's sub-groups: SAM 2 / BEiT-3 by the fingerprint of the encoders built here, the rest as held."""
+    group = FeatureStore(cfg.store, mode="r").split(cfg.subset, split)
+    # CLIP / CLAP run only at extraction: take the one fingerprint the store holds.
+    want = {n: fingerprint(frozen[n].provenance()) if n in frozen else None for n in FEATURES}
+    return Features({n: group.encoder(n, fp) for n, fp in want.items()})
 
 
 def open_batches(
@@ -141,23 +59,6 @@ def open_batches(
     return FeatureBatches(
         cfg.store, cfg.subset, split, srcs, batch_size=batch_size, shuffle=shuffle, seed=cfg.seed
     )
-
-
-def batches(ds: FeatureBatches, epoch: int, max_steps: int | None = None):
-    """One epoch of batches, read one ahead in a thread (zarr decoding overlaps the step)."""
-    ds.set_epoch(epoch)
-    n = len(ds) if max_steps is None else min(len(ds), max_steps)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        nxt = pool.submit(ds.__getitem__, 0) if n else None
-        for i in range(n):
-            batch = nxt.result()
-            nxt = pool.submit(ds.__getitem__, i + 1) if i + 1 < n else None
-            yield batch
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Features as float32 on the device (the store holds float16), masks as float."""
-    return {k: v.to(device, non_blocking=True).float() for k, v in batch.items() if k != "row"}
 
 
 @dataclass
@@ -204,72 +105,48 @@ def train_step(run: HeadRun, batch: dict[str, torch.Tensor]) -> float:
 def validate(
     runs: list[HeadRun], cfg: TrainConfig, val: FeatureBatches, index, device: torch.device
 ) -> list[dict[str, Any]]:
-    """Val loss, M_J and M_F (one video per M_F batch) of every head, reading each batch once."""
-    accs = [MetricAccumulator(batching="video") for _ in runs]
-    losses = [[] for _ in runs]
-    pending: list[dict[str, list]] = [{} for _ in runs]  # video -> rows not yet added (videos span batches)
-    for raw in batches(val, 0, cfg.max_steps):
-        batch = to_device(raw, device)
-        rows = raw["row"].numpy()
+    """Val loss, M_J and M_F (one video per M_F batch: the evaluate stage's evaluator) of every head."""
+    evaluators = [OfficialScores() for _ in runs]
+    losses: list[list[float]] = [[] for _ in runs]
+
+    def forward(batch: dict[str, torch.Tensor], rows) -> dict[str, Any]:
+        logits = {}
         for i, run in enumerate(runs):
             run.model.eval()
             out = run.model.forward_cached(batch)
             losses[i].append(float(segmentation_loss(out, batch["mask"], run.head)["loss"]))
-            for j, r in enumerate(rows):
-                pending[i].setdefault(index.video[r], []).append(
-                    (int(index.frame[r]), out["logits"][j].cpu(), batch["mask"][j].cpu())
-                )
+            logits[str(i)] = out["logits"].cpu()
+        return {"logits": logits}
+
+    for v in video_outputs(val, index, forward, device, cfg.max_steps):
+        for i, e in enumerate(evaluators):
+            logits = {REAL: v.fields["logits"][str(i)]}
+            e.process(VideoOutput(v.video, v.category, v.frames, v.fields["mask"], logits))
     results = []
-    for i, _ in enumerate(runs):
-        for video, items in pending[i].items():
-            items.sort(key=lambda t: t[0])
-            acc = accs[i]
-            acc.add(
-                video,
-                torch.stack([t[1] for t in items]),
-                torch.stack([t[2] for t in items]),
-                frames=[t[0] for t in items],
-            )
-        s = accs[i].summary()
-        results.append(
-            {
-                "val_loss": float(np.mean(losses[i])) if losses[i] else float("nan"),
-                "val_M_J": s["M_J"],
-                "val_M_F": s["M_F"],
-            }
-        )
+    for i, e in enumerate(evaluators):
+        s = e.evaluate()
+        loss = float(np.mean(losses[i])) if losses[i] else float("nan")
+        results.append({"val_loss": loss, "val_M_J": s["M_J"], "val_M_F": s["M_F"]})
     return results
 
 
-def checkpoint_payload(
-    run: HeadRun, cfg: TrainConfig, frozen: Frozen, epoch: int, metrics: dict[str, Any]
-) -> dict[str, Any]:
-    """What a head checkpoint holds: trainable weights and the fingerprints of everything frozen it expects."""
-    groups = frozen.groups[cfg.train_split]
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "name": run.name,
-        "preset": cfg.preset,
-        "subset": cfg.subset,
-        "head": run.head.model_dump(mode="json"),
-        "trainable": run.model.trainable_state_dict(),
-        "frozen": run.model.frozen_fingerprints(),
-        "features": {k: g.fingerprint for k, g in groups.items() if k != "gt"},
-        "epoch": epoch,
-        "metrics": metrics,
-        "optim": cfg.optimiser().model_dump(),
-    }
-
-
 def save_checkpoints(
-    run: HeadRun, cfg: TrainConfig, frozen: Frozen, out: Path, epoch: int, metrics: dict[str, Any]
+    run: HeadRun, cfg: TrainConfig, feats: Features, out: Path, epoch: int, metrics: dict[str, Any]
 ) -> None:
-    """last.pt (with optimiser state, for resume) every epoch; best.pt when val M_J improves."""
-    out.mkdir(parents=True, exist_ok=True)
-    payload = checkpoint_payload(run, cfg, frozen, epoch, metrics)
+    """last.pt (with optimiser state, for resume) every epoch; best.pt when val M_J improves; both atomic."""
+    payload = head_payload(
+        run.model,
+        name=run.name,
+        preset=cfg.preset,
+        subset=cfg.subset,
+        features=feats.fingerprints(),
+        epoch=epoch,
+        metrics=metrics,
+        optim=cfg.optimiser().model_dump(),
+    )
     if metrics["val_M_J"] > run.best_mj:
         run.best_mj = metrics["val_M_J"]
-        torch.save(payload, out / "best.pt")
+        save_head(payload, out / "best.pt")
     last = {
         **payload,
         "optimizer": run.opt.state_dict(),
@@ -279,37 +156,7 @@ def save_checkpoints(
         "seconds": run.seconds,
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = out / "last.pt.tmp"
-    torch.save(last, tmp)
-    tmp.replace(out / "last.pt")  # atomic: a kill mid-save never leaves a broken last.pt
-
-
-def read_head_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A head checkpoint (best.pt / last.pt), read with weights_only; clear errors for other files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: head checkpoint not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors have no common base
-        raise CheckpointError(f"{path}: cannot read head checkpoint: {e}") from e
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an av2t head checkpoint (format {CHECKPOINT_FORMAT})")
-    return ck
-
-
-def load_head(path: str | Path, model: AV2TSAM) -> dict[str, Any]:
-    """Load a head's trainable weights into model, refusing frozen weights other than those it was trained on."""
-    ck = read_head_checkpoint(path)
-    have = model.frozen_fingerprints()
-    diff = {k: (v, have.get(k)) for k, v in ck["frozen"].items() if have.get(k) != v}
-    if diff:
-        parts = ", ".join(f"{k}: trained on {a}, now {b}" for k, (a, b) in diff.items())
-        raise CheckpointError(
-            f"{path}: was trained against other frozen weights ({parts}); build the same preset/weights"
-        )
-    model.load_trainable_state_dict(ck["trainable"])
-    return ck
+    save_atomic(last, out / "last.pt")
 
 
 def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
@@ -366,28 +213,30 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
     first = next(iter(heads.values()))
     if len({json.dumps(sam2_overrides(h), sort_keys=True) for h in heads.values()}) > 1:
         raise ValueError("heads of one sweep must read the same SAM 2 features (same adapter start block)")
-    frozen = load_frozen(cfg, first, [cfg.train_split, cfg.val_split])
-    val_index = frozen.groups[cfg.val_split]["gt"].split.index
+    frozen = frozen_encoders(first, cfg.preset, cfg.weights_dir, device)
+    feats = {split: open_features(cfg, split, frozen) for split in (cfg.train_split, cfg.val_split)}
+    train_feats = feats[cfg.train_split]
     runs = []
-    n_train = frozen.groups[cfg.train_split]["gt"].split.n_rows
-    steps = (
-        -(-n_train // optim.batch_size)
-        if cfg.max_steps is None
-        else min(cfg.max_steps, -(-n_train // optim.batch_size))
-    )
+    n_train = train_feats.groups["gt"].split.n_rows
+    steps = -(-n_train // optim.batch_size)
+    steps = steps if cfg.max_steps is None else min(cfg.max_steps, steps)
     for name, head in heads.items():
         torch.manual_seed(head.seed)
-        model = build_model(head, frozen, cfg.train_split).to(device)
+        model = build_model(
+            head,
+            cfg.preset,
+            **train_feats.widths(),
+            weights_dir=cfg.weights_dir,
+            device=device,
+            encoders=frozen,
+        )
         runs.append(make_run(name, head, model, optim, steps))
     outs = {r.name: (cfg.out if len(runs) == 1 else cfg.out / r.name) for r in runs}
     start = min(try_resume(r, outs[r.name], optim) if cfg.resume else 0 for r in runs)
     models = [r.model for r in runs]
-    train_ds = open_batches(
-        cfg, cfg.train_split, sources(models, frozen.groups[cfg.train_split]), True, optim.batch_size
-    )
-    val_ds = open_batches(
-        cfg, cfg.val_split, sources(models, frozen.groups[cfg.val_split]), False, optim.batch_size
-    )
+    train_ds = open_batches(cfg, cfg.train_split, sources(models, train_feats.groups), True, optim.batch_size)
+    val_feats = feats[cfg.val_split]
+    val_ds = open_batches(cfg, cfg.val_split, sources(models, val_feats.groups), False, optim.batch_size)
 
     from tqdm import tqdm
 
@@ -397,7 +246,7 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
         bar = tqdm(
             total=steps, desc=f"epoch {epoch + 1}/{optim.epochs}", disable=not cfg.progress, leave=False
         )
-        for raw in batches(train_ds, epoch, cfg.max_steps):
+        for raw in prefetch(train_ds, epoch, cfg.max_steps):
             batch = to_device(raw, device)
             for i, run in enumerate(runs):
                 if len(run.history) <= epoch:  # a resumed head may already be past this epoch
@@ -405,7 +254,7 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
             bar.update()
         bar.close()
         todo = [i for i, r in enumerate(runs) if len(r.history) <= epoch]
-        vals = validate([runs[i] for i in todo], cfg, val_ds, val_index, device)
+        vals = validate([runs[i] for i in todo], cfg, val_ds, val_feats.index, device)
         for i, v in zip(todo, vals, strict=True):
             run = runs[i]
             metrics = {
@@ -416,7 +265,7 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
                 "seconds": round(run.seconds, 2),
             }
             run.history.append(metrics)
-            save_checkpoints(run, cfg, frozen, outs[run.name], epoch, metrics)
+            save_checkpoints(run, cfg, train_feats, outs[run.name], epoch, metrics)
             write_log(run, outs[run.name])
             if cfg.progress:
                 print(

@@ -11,3 +11,16 @@ def prefect_env(tmp_path_factory):
     """The environment (PREFECT_API_URL set) of a running server that `flows.serve` serves."""
     with prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
         yield env
+
+
+@pytest.fixture(scope="session")
+def s4_run(tmp_path_factory) -> dict:
+    """The shared synthetic S4 run: 6 videos (2 in test), a float16 store, a head trained 1 epoch.
+
+    The head lies alone under <tmp>/runs/head, so `runs` is a checkpoints folder with one best.pt.
+    Tests write their own outputs elsewhere (their own tmp folders), never into this run.
+    """
+    from synthetic_run import synthetic_store, train_head
+
+    run = synthetic_store(tmp_path_factory.mktemp("s4-run"))
+    return {**run, "checkpoint": train_head(run, run["tmp"] / "runs" / "head")}

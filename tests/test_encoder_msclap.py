@@ -37,6 +37,25 @@ TINY = {
 }
 
 
+# The arguments CLAPWrapper.load_clap gives msclap's CLAP, each from the config_2023.yml entry of the same name
+# except where renamed here.
+LOAD_CLAP_ARGS = (
+    "audioenc_name",
+    "sample_rate",
+    "window_size",
+    "hop_size",
+    "mel_bins",
+    "fmin",
+    "fmax",
+    "classes_num",
+    "out_emb",
+    "text_model",
+    "transformer_embed_dim",
+    "d_proj",
+)
+LOAD_CLAP_RENAMES = {"sample_rate": "sampling_rate", "classes_num": "num_classes"}
+
+
 def config_2023() -> dict:
     """msclap's configs/config_2023.yml, as CLAPWrapper reads it."""
     return yaml.safe_load((ma.msclap_dir() / "configs" / "config_2023.yml").read_text())
@@ -62,20 +81,7 @@ def msclap_clap_2023() -> torch.nn.Module:
     saved = clap_mod.AutoModel
     clap_mod.AutoModel = types.SimpleNamespace(from_pretrained=local_gpt2)
     try:
-        return clap_mod.CLAP(
-            audioenc_name=args["audioenc_name"],
-            sample_rate=args["sampling_rate"],
-            window_size=args["window_size"],
-            hop_size=args["hop_size"],
-            mel_bins=args["mel_bins"],
-            fmin=args["fmin"],
-            fmax=args["fmax"],
-            classes_num=args["num_classes"],
-            out_emb=args["out_emb"],
-            text_model=args["text_model"],
-            transformer_embed_dim=args["transformer_embed_dim"],
-            d_proj=args["d_proj"],
-        ).eval()
+        return clap_mod.CLAP(**{arg: args[LOAD_CLAP_RENAMES.get(arg, arg)] for arg in LOAD_CLAP_ARGS}).eval()
     finally:
         clap_mod.AutoModel = saved
 

@@ -17,11 +17,8 @@ from cache import FingerprintMismatch
 from flows.cli import main as cli
 from pipeline.checkpoints import CheckpointError
 from pipeline.data.clips import read_clips
-from pipeline.data.synth import SynthSpec, write_synthetic
 from pipeline.scoring import expected_files, score_folder
 from stages.evaluate import EvalConfig, evaluate, swap_order
-from stages.extract import ExtractConfig, extract
-from stages.train import OptimConfig, TrainConfig, train
 
 REPORT_KEYS = {
     "M_J",
@@ -44,25 +41,9 @@ VISION_KEYS = {"M_J_real", "M_J_swapped", "M_J_silence", "drop_swapped", "drop_s
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict[str, Path | str]:
-    """A synthetic S4 tree (2 test videos), a float16 store of it, and a head trained for one epoch."""
-    tmp = tmp_path_factory.mktemp("evaluate")
-    root = tmp / "data"
-    write_synthetic(root, "s4", videos=6, seed=5, spec=SynthSpec(test_fraction=0.3))
-    store = str(tmp / "store.zarr")
-    extract(ExtractConfig(root=root, subset="s4", store=store, device="cpu", dtype="float16"), progress=False)
-    head = tmp / "head"
-    train(
-        TrainConfig(
-            store=store,
-            subset="s4",
-            device="cpu",
-            out=head,
-            progress=False,
-            optim=OptimConfig(epochs=1, batch_size=4),
-        )
-    )
-    return {"tmp": tmp, "root": root, "store": store, "checkpoint": head / "best.pt"}
+def run(s4_run, tmp_path_factory) -> dict[str, Path | str]:
+    """The shared synthetic S4 run (2 test videos, float16 store, a head trained one epoch); outputs here."""
+    return {**s4_run, "tmp": tmp_path_factory.mktemp("evaluate")}
 
 
 def _cfg(run, out: str, **kw) -> EvalConfig:
@@ -205,3 +186,45 @@ def test_config_is_strict(run):
 def test_swap_order_is_a_fixed_derangement():
     assert swap_order(3).tolist() == [1, 2, 0]
     assert swap_order(1).tolist() == [0]  # one video: nothing else to hear
+
+
+def test_a_new_metric_is_one_registered_class(run, monkeypatch, capsys):
+    """A registered evaluator reaches report.json, its score table, report.md and the CLI with no other change."""
+    from pipeline.evaluation import evaluators as ev
+
+    monkeypatch.setattr(ev, "EVALUATORS", dict(ev.EVALUATORS))
+    monkeypatch.setattr(ev, "DEFAULT_EVALUATORS", list(ev.DEFAULT_EVALUATORS))
+
+    @ev.register()
+    class PixelAccuracy(ev.Evaluator):
+        """Share of pixels whose thresholded prediction equals the GT."""
+
+        name = "pixel_accuracy"
+
+        def reset(self):
+            self.hits, self.total = 0, 0
+
+        def process(self, out):
+            pred = torch.sigmoid(out.logits["real"]) > 0.5
+            self.hits += int((pred == (out.gt != 0)).sum())
+            self.total += pred.numel()
+
+        def evaluate(self):
+            return {"pixel_accuracy": self.hits / self.total}
+
+        def rows(self, result):
+            return [ev.ScoreRow("pixel_accuracy", "pixel accuracy", result["pixel_accuracy"])]
+
+    out = run["tmp"] / "new-metric"
+    args = ["evaluate", "--checkpoint", str(run["checkpoint"]), "--root", str(run["root"]), "--subset", "s4"]
+    assert cli([*args, "--store", run["store"], "--out", str(out), "--device", "cpu", "--overlays", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert 0 < report["pixel_accuracy"] <= 1 and "pixel_accuracy" in report["evaluators"]
+    assert {
+        "key": "pixel_accuracy",
+        "label": "pixel accuracy",
+        "value": report["pixel_accuracy"],
+        "compare": False,
+    } in report["score_rows"]
+    assert f"| pixel accuracy | {report['pixel_accuracy']:.4f} |" in (out / "report.md").read_text()
+    assert f"{report['pixel_accuracy']:.4f}" in capsys.readouterr().out

@@ -10,10 +10,6 @@ from pathlib import Path
 import pytest
 from prefect_server import deployment_run
 
-from pipeline.data.synth import write_synthetic
-from stages.extract import ExtractConfig, extract
-from stages.train import OptimConfig, TrainConfig, train
-
 pytestmark = pytest.mark.slow
 
 
@@ -25,27 +21,11 @@ def _prefect(env: dict, *args: str) -> str:
     return out.stdout
 
 
-def test_nightly_deployment_reports_publishes_and_is_scheduled(tmp_path, prefect_env):
-    root = tmp_path / "data"
-    write_synthetic(root, "s4", videos=6, seed=7)
-    store = str(tmp_path / "store.zarr")
-    extract(
-        ExtractConfig(root=root, subset="s4", splits=["train", "val"], store=store, device="cpu"),
-        progress=False,
-    )
-    train(
-        TrainConfig(
-            store=store,
-            subset="s4",
-            device="cpu",
-            out=tmp_path / "runs" / "head",
-            progress=False,
-            optim=OptimConfig(epochs=1, batch_size=4),
-        )
-    )
+def test_nightly_deployment_reports_publishes_and_is_scheduled(tmp_path, prefect_env, s4_run):
+    root = s4_run["root"]
     reports = tmp_path / "reports"
     params = {
-        "checkpoints": str(tmp_path / "runs"),
+        "checkpoints": str(s4_run["checkpoint"].parents[1]),
         "root": str(root),
         "subset": "s4",
         "reports": str(reports),

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import pipeline.encoders  # noqa: F401  (torchvision fix before sam2 imports it)
-from pipeline.checkpoints import CheckpointError
+from pipeline.checkpoints import CheckpointError, read_key_listing
 from pipeline.config import encoder_config
 from pipeline.encoders import beit3 as B
 from pipeline.encoders import sam2_image as S
 from pipeline.encoders.registry import build_encoder
 from pipeline.model import AV2TSAM, HeadConfig, head_config, segmentation_loss
-from pipeline.model.av2t_sam import REFERENCE_PREFIXES, build_model, read_text_hidden_fcs, upsample_masks
+from pipeline.model.av2t_sam import REFERENCE_PREFIXES, upsample_masks
+from pipeline.model.build import build_model, read_text_hidden_fcs
 from pipeline.model.loss import hard_iou, soft_iou_loss
+from pipeline.official.listing import listing_path
 
-REF = Path(__file__).parent / "reference"
 D_CLIP, D_CLAP = 64, 48  # different widths, so a swapped projection cannot pass
 N = 4
 LATE = 5  # the tiny trunk's last block (stages 0-2 are cached before it)
@@ -434,9 +433,8 @@ def test_after_conv_model_refuses_trained_convs(sam2s, beit3):
 # ---------------------------------------------------------------- paper sizes (meta device)
 
 
-def _listing(name: str) -> dict[str, tuple[int, ...]]:
-    rows = (line.split("\t") for line in (REF / name).read_text().splitlines())
-    return {k: () if s == "()" else tuple(int(n) for n in s.split("x")) for k, s, _ in rows}
+def _listing(adapters: bool) -> dict[str, tuple[int, ...]]:
+    return {k: shape for k, shape, _ in read_key_listing(listing_path(adapters))}
 
 
 @pytest.fixture(scope="module")
@@ -456,7 +454,7 @@ def test_paper_head_has_the_reference_keys_shapes_and_trainable_count(paper_enco
     # the reference's MS-CLAP is 1024-d; with it, the head is the reference's parameter for parameter
     with torch.device("meta"):
         m = AV2TSAM(head_config("paper", adapters=adapters), sam2, beit3, d_clip=512, d_clap=1024)
-    ref = _listing("av2t-sam_evf-sam2_mul_adapter.keys.tsv" if adapters else "av2t-sam_evf-sam2_mul.keys.tsv")
+    ref = _listing(adapters)
     ours = {}
     for k, v in m.trainable_state_dict().items():
         prefix = next(p for p in REFERENCE_PREFIXES if k.startswith(p))

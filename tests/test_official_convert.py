@@ -8,42 +8,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic_run import train_head
 
 from flows.cli import main as cli
 from pipeline.checkpoints import CheckpointError
 from pipeline.config import preset_dir
-from pipeline.data.synth import SynthSpec, write_synthetic
 from pipeline.encoders.registry import build_encoder
 from pipeline.model import head_config
+from pipeline.model.head_checkpoint import read_head
 from pipeline.official import read_reference
 from pipeline.official.checkpoint import head_to_reference
 from stages.evaluate import EvalConfig, evaluate
-from stages.extract import ExtractConfig, extract
 from stages.official import export_reference, import_reference
-from stages.train import OptimConfig, TrainConfig, read_head_checkpoint, train
 
 EVF = "evf-sam2-multitask/model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict[str, Path]:
-    """A synthetic S4 tree, its tiny store, and a `mul` head with the reference's fused scale (1.0)."""
+def run(s4_run, tmp_path_factory) -> dict[str, Path]:
+    """The shared synthetic S4 store, and a `mul` head on it with the reference's fused scale (1.0)."""
     tmp = tmp_path_factory.mktemp("official")
-    root = tmp / "data"
-    write_synthetic(root, "s4", videos=6, seed=3, spec=SynthSpec(test_fraction=0.3))
-    store = str(tmp / "store.zarr")
-    extract(ExtractConfig(root=root, subset="s4", store=store, device="cpu"), progress=False)
-    train(
-        TrainConfig(
-            store=store,
-            subset="s4",
-            device="cpu",
-            out=tmp / "head",
-            progress=False,
-            head=head_config("tiny", fused_scale=1.0),
-            optim=OptimConfig(epochs=1, batch_size=4),
-        )
-    )
+    root = s4_run["root"]
+    train_head(s4_run, tmp / "head", head=head_config("tiny", fused_scale=1.0))
     # The tiny architecture, but SAM 2 / BEiT-3 read from an EVF-SAM2 file, as `paper-official` does.
     preset = tmp / "tiny-from-evf"
     shutil.copytree(preset_dir("tiny"), preset)
@@ -73,14 +59,14 @@ def _evaluate(run, checkpoint: Path, out: str, weights_dir: Path | None = None) 
 
 def test_export_then_import_gives_the_same_head_and_the_same_masks(run):
     tmp = run["tmp"]
-    ours = read_head_checkpoint(run["checkpoint"])
+    ours = read_head(run["checkpoint"]).data
     path = export_reference(run["checkpoint"], tmp / "avs_best.pth", check=False)
     ref = read_reference(path)
     for k, v in ours["trainable"].items():  # the trained head under the reference's names
         assert torch.equal(ref[head_to_reference(k)], v), k
 
     written = import_reference(path, tmp / "imported", preset=str(run["preset"]))
-    back = read_head_checkpoint(written["head"])
+    back = read_head(written["head"]).data
     assert back["head"] == ours["head"]
     assert back["trainable"].keys() == ours["trainable"].keys()
     assert all(torch.equal(back["trainable"][k], v) for k, v in ours["trainable"].items())

@@ -8,37 +8,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from synthetic_run import synthetic_store
 
 from pipeline.checkpoints import CheckpointError
-from pipeline.data.synth import write_synthetic
 from pipeline.model import head_config
-from stages.extract import ExtractConfig, extract
-from stages.train import (
-    OptimConfig,
-    TrainConfig,
-    build_model,
-    fit,
-    load_frozen,
-    load_head,
-    load_sweep,
-    sweep,
-    train,
-)
+from pipeline.model.build import build_model
+from pipeline.model.head_checkpoint import load_head, read_head
+from pipeline.settings import OptimConfig, TrainConfig
+from stages.train import fit, load_sweep, sweep, train
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """A small synthetic S4 store with every encoder (float32, so runs compare exactly)."""
     tmp = tmp_path_factory.mktemp("train")
-    write_synthetic(tmp / "data", "s4", videos=12, seed=4)
-    path = str(tmp / "store.zarr")
-    extract(
-        ExtractConfig(
-            root=tmp / "data", subset="s4", splits=["train", "val"], store=path, device="cpu", dtype="float32"
-        ),
-        progress=False,
+    run = synthetic_store(
+        tmp, videos=12, seed=4, test_fraction=None, splits=["train", "val"], dtype="float32"
     )
-    return path
+    return run["store"]
 
 
 def _cfg(store: str, out: Path, epochs: int = 2, **kw) -> TrainConfig:
@@ -122,9 +109,9 @@ def test_sweep_file_errors_name_the_file(tmp_path):
 def test_head_checkpoint_refuses_other_frozen_weights(store, tmp_path):
     cfg = _cfg(store, tmp_path / "fp", epochs=1)
     train(cfg)
-    frozen = load_frozen(cfg, cfg.head_config(), ["train"])
-    model = build_model(cfg.head_config(), frozen, "train")
-    ck = load_head(tmp_path / "fp" / "best.pt", model)
+    widths = read_head(tmp_path / "fp" / "best.pt").widths()
+    model = build_model(cfg.head_config(), cfg.preset, **widths)
+    ck = load_head(tmp_path / "fp" / "best.pt", model).data
     assert all(torch.equal(v, model.trainable_state_dict()[k]) for k, v in ck["trainable"].items())
     bad = {**ck, "frozen": {**ck["frozen"], "sam2": "0" * 16}}
     torch.save(bad, tmp_path / "bad.pt")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from cache.fingerprint import package_versions
 from pipeline.checkpoints import state_digest
 from pipeline.data.audio import Resampler, Stereo
+from pipeline.provenance import package_versions
 
 VERSIONED_PACKAGES = (
     "torch",
@@ -23,6 +25,31 @@ VERSIONED_PACKAGES = (
     "scipy",
     "pillow",
 )
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch seeded to `seed` (for a reproducible random init); the caller's CPU RNG
+    state is restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_frames(batch: np.ndarray) -> np.ndarray:
+    """The input of a frame encoder: uint8 RGB frames (B, H, W, 3), else a ValueError."""
+    a = np.asarray(batch)
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"expected uint8 RGB frames (B, H, W, 3), got {a.dtype} {a.shape}")
+    return a
+
+
+def check_audio(batch: np.ndarray) -> np.ndarray:
+    """The input of an audio encoder: float segments (B, samples), samples > 0, else a ValueError."""
+    a = np.asarray(batch)
+    if a.ndim != 2 or not np.issubdtype(a.dtype, np.floating) or a.shape[1] == 0:
+        raise ValueError(f"expected float32 audio (B, samples), got {a.dtype} {a.shape}")
+    return a
 
 
 class Encoder(nn.Module, ABC):

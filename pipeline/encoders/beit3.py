@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.checkpoints import load_strict, read_evf_sam2, require_file
 from pipeline.config import resolve_weights
-from pipeline.encoders.base import Encoder
+from pipeline.encoders.base import Encoder, check_frames, seeded
 
 with warnings.catch_warnings():  # torchscale 0.3.0 imports timm's deprecated `timm.models.layers`
     warnings.filterwarnings("ignore", message="Importing from timm.models.layers", category=FutureWarning)
@@ -118,8 +118,7 @@ def make_beit3(cfg: Config, device: str | torch.device = "cpu") -> BEiT3:
 
 def random_beit3(cfg: Config) -> BEiT3:
     """A seeded random BEiT3 initialised like EVF's BEiT3Wrapper, position tables scaled."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():  # seeded, caller's RNG untouched
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed), torch.no_grad():
         model = make_beit3(cfg)
         model.apply(_wrapper_init)  # embeddings keep torchscale's own init, as in EVF
         for table in (model.encoder.embed_positions.A, model.encoder.embed_positions.B):
@@ -144,9 +143,7 @@ def load_beit3(cfg: Config, path: Path) -> BEiT3:
 
 def preprocess_frames(batch: np.ndarray, size: int, antialias: bool = False) -> torch.Tensor:
     """uint8 RGB (B, H, W, 3) to (B, 3, size, size) in [-1, 1]: ToTensor, bicubic resize, Normalize(.5, .5)."""
-    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames (B, H, W, 3), got {batch.dtype} {batch.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div(255)
+    x = torch.from_numpy(np.ascontiguousarray(check_frames(batch))).permute(0, 3, 1, 2).float().div(255)
     if x.shape[-2:] != (size, size):  # torchvision returns the input itself when the size matches
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=antialias)
     return x.sub(MEAN).div(STD)

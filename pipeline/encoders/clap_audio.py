@@ -9,13 +9,10 @@ The `paper` preset is laion-clap's HTSAT-tiny with `630k-audioset-best.pt`; the 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
 import sys
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -26,10 +23,19 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from pipeline.checkpoints import CheckpointError, load_strict, read_state_dict, require_file
+from pipeline.checkpoints import CheckpointError, load_strict, require_file
 from pipeline.config import resolve_weights
 from pipeline.data.audio import Stereo
-from pipeline.encoders.base import Encoder
+from pipeline.encoders.base import check_audio, seeded
+from pipeline.encoders.clap_common import (
+    ClapEncoder,
+    HtsatSizes,
+    built_sizes,
+    import_from,
+    package_dir,
+    read_training_checkpoint,
+    tensors_only,
+)
 
 OUTPUT = "clap"
 SAMPLE_RATE = 48_000
@@ -44,13 +50,9 @@ TEXT_KEYS = frozenset({"logit_scale_t"})
 FUSION_MARKERS = ("fusion_model.", "mel_conv2d.", "mel_conv1d.")
 
 
-@cache
 def laion_clap_dir() -> Path:
     """The installed laion_clap package folder (found without importing it)."""
-    spec = importlib.util.find_spec("laion_clap")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("laion-clap is not installed (pip install --no-deps laion-clap==1.1.7)")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir("laion_clap", "laion-clap==1.1.7")
 
 
 def clap_module(sub: str) -> ModuleType:
@@ -61,13 +63,10 @@ def clap_module(sub: str) -> ModuleType:
     training code (needs `wget`, and loads three hub tokenizers at import time), so we add the folder
     the same way and import the top-level `clap_module` only.
     """
-    folder = str(laion_clap_dir())
-    if folder not in sys.path:
-        sys.path.append(folder)
-    mod = importlib.import_module(f"clap_module.{sub}")
-    if not Path(mod.__file__).resolve().is_relative_to(Path(folder).resolve()):
-        raise ImportError(f"clap_module resolved to {mod.__file__}, not laion-clap's copy in {folder}")
-    return mod
+    folder = laion_clap_dir()
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    return import_from(f"clap_module.{sub}", folder)
 
 
 class AudioCfg(BaseModel):
@@ -84,30 +83,6 @@ class AudioCfg(BaseModel):
     fmin: int = Field(50, ge=0)
     fmax: int = Field(14_000, gt=0)
     class_num: int = Field(527, gt=0)  # sizes tscam_conv/head, which the embedding does not use
-
-
-class HtsatSizes(BaseModel):
-    """Arguments of `HTSAT_Swin_Transformer` for a custom (non-laion-named) size."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    embed_dim: int = Field(gt=0)
-    depths: list[int] = Field(min_length=1)
-    num_heads: list[int] = Field(min_length=1)
-    window_size: int = Field(8, gt=0)
-    spec_size: int = Field(256, gt=0)
-    patch_size: int = Field(4, gt=0)
-    patch_stride: tuple[int, int] = (4, 4)
-
-    @model_validator(mode="after")
-    def _check(self) -> HtsatSizes:
-        """Heads must divide every stage width, one head count per stage."""
-        if len(self.depths) != len(self.num_heads):
-            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
-        for i, h in enumerate(self.num_heads):
-            if (self.embed_dim * 2**i) % h:
-                raise ValueError(f"stage {i}: width {self.embed_dim * 2**i} not divisible by {h} heads")
-        return self
 
 
 class Config(BaseModel):
@@ -167,17 +142,10 @@ def make_audio_branch(cfg: Config) -> nn.Module:
         if branch.num_features != width:
             raise RuntimeError(f"{cfg.amodel}: HTSAT width {branch.num_features} != config embed_dim {width}")
         return branch
-    s = cfg.htsat
     a = clap_module("model").CLAPAudioCfp(model_type="HTSAT", model_name="custom", **audio.model_dump())
     return htsat.HTSAT_Swin_Transformer(
-        spec_size=s.spec_size,
-        patch_size=s.patch_size,
-        patch_stride=tuple(s.patch_stride),
+        **cfg.htsat.htsat_kwargs(),
         num_classes=audio.class_num,
-        embed_dim=s.embed_dim,
-        depths=list(s.depths),
-        num_heads=list(s.num_heads),
-        window_size=s.window_size,
         config=a,
         enable_fusion=False,
         fusion_type="None",
@@ -200,18 +168,14 @@ def repeat_pad(x: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(x, (0, length - x.shape[-1]), mode="constant", value=0.0)
 
 
-class ClapAudioEncoder(Encoder):
+class ClapAudioEncoder(ClapEncoder):
     """Frozen CLAP audio tower: HTSAT audio branch + audio projection, L2-normalised embedding."""
 
-    name = "clap"
-    input = "audio"
     sample_rate = SAMPLE_RATE
 
     def __init__(self, cfg: Config, audio_branch: nn.Module):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.audio_cfg = resolved_audio_cfg(cfg)
-        self.stereo = cfg.stereo
         joint = cfg.joint_embed_shape
         # Same modules and key names as laion-clap's CLAP (audio half, mlp_act="relu" as released).
         self.audio_branch = audio_branch
@@ -225,9 +189,7 @@ class ClapAudioEncoder(Encoder):
 
     def preprocess(self, batch: np.ndarray) -> torch.Tensor:
         """(B, 48000) float32 mono segments to (B, clip_samples): int16 round trip, then repeat-pad."""
-        a = np.asarray(batch)
-        if a.ndim != 2 or not np.issubdtype(a.dtype, np.floating):
-            raise ValueError(f"expected float32 audio (B, samples), got {a.dtype} {a.shape}")
+        a = check_audio(batch)
         q = quantize_int16(a.astype(np.float32, copy=False))
         return repeat_pad(torch.from_numpy(q), self.audio_cfg.clip_samples)
 
@@ -244,19 +206,10 @@ class ClapAudioEncoder(Encoder):
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved architecture (laion's hard-coded sizes for a named amodel included)."""
-        b = self.audio_branch
         return {
             "amodel": self.cfg.amodel,
             "enable_fusion": False,
-            "htsat": {
-                "embed_dim": b.embed_dim,
-                "depths": list(b.depths),
-                "num_heads": list(b.num_heads),
-                "window_size": b.window_size,
-                "spec_size": b.spec_size,
-                "patch_size": b.patch_size,
-                "patch_stride": list(b.patch_stride),
-            },
+            "htsat": built_sizes(self.audio_branch),
             "audio_cfg": self.audio_cfg.model_dump(),
             "joint_embed_shape": self.cfg.joint_embed_shape,
             "normalized": True,
@@ -280,44 +233,19 @@ def _is_text_key(key: str) -> bool:
     return key.startswith(TEXT_PREFIXES) or key in TEXT_KEYS
 
 
-def numpy_scalar_globals() -> list:
-    """Globals a laion-clap training checkpoint needs beyond plain tensors, all data-only.
-
-    LAION's cosine scheduler sets the optimizer's lr to a numpy float64, so the saved 'optimizer' entry
-    holds numpy scalars. weights_only=True refuses them by default; allowing only numpy's scalar and dtype
-    reconstructors (under the numpy 1 and numpy 2 module names) keeps the load free of code execution.
-    """
-    scalar = np.core.multiarray.scalar if not hasattr(np, "_core") else np._core.multiarray.scalar
-    dtypes = [
-        type(np.dtype(t))
-        for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
-    ]
-    return [
-        scalar,
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-        np.dtype,
-        *dtypes,
-    ]
-
-
 def read_clap_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The model state of a laion-clap checkpoint, as `clap_module.factory.load_state_dict` finds it.
 
     Accepts the training container `{'epoch', 'name', 'state_dict', 'optimizer'[, 'scaler']}` or a bare
     state dict, with or without DDP's `module.` prefix; read with weights_only=True.
     """
-    with torch.serialization.safe_globals(numpy_scalar_globals()):
-        obj = read_state_dict(path)
+    obj = read_training_checkpoint(path)
     sd = obj.get("state_dict", obj)
     if not isinstance(sd, Mapping) or not sd:
         raise CheckpointError(f"{path}: no state dict in the checkpoint")
     if next(iter(sd)).startswith("module"):  # laion-clap's own test: the first key decides
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: non-tensor entries in the state dict: {bad[:8]}")
-    return dict(sd)
+    return tensors_only(sd, path, "state dict")
 
 
 def load_clap_audio(enc: ClapAudioEncoder, path: Path) -> None:
@@ -333,19 +261,13 @@ def load_clap_audio(enc: ClapAudioEncoder, path: Path) -> None:
     load_strict(enc, audio, path)
 
 
-def random_encoder(cfg: Config) -> ClapAudioEncoder:
-    """The encoder with default (seeded) init, the caller's RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return ClapAudioEncoder(cfg, make_audio_branch(cfg))
-
-
 def build(cfg: Config, weights_dir: str | Path | None = None) -> ClapAudioEncoder:
     """The CLAP audio encoder: seeded random when cfg.weights is None, else strictly loaded."""
     path = resolve_weights(cfg.weights, weights_dir)
     if path is not None:
         path = require_file(path, f"CLAP {cfg.amodel or 'HTSAT'}", SOURCE)  # fail before building
-    enc = random_encoder(cfg)
+    with seeded(cfg.seed):  # default init, the caller's RNG untouched
+        enc = ClapAudioEncoder(cfg, make_audio_branch(cfg))
     if path is not None:
         load_clap_audio(enc, path)
     return enc.eval().requires_grad_(False)

@@ -24,7 +24,7 @@ from torch import nn
 
 from pipeline.checkpoints import CheckpointError, load_strict, read_state_dict, require_file, strip_prefix
 from pipeline.config import resolve_weights
-from pipeline.encoders.base import Encoder
+from pipeline.encoders.base import Encoder, check_frames, seeded
 
 OUTPUT = "clip"
 # 0-dim entries of OpenAI's files that are hyper-parameters, not weights; every loader drops them.
@@ -117,8 +117,7 @@ def center_crop_box(h: int, w: int, size: int) -> tuple[int, int]:
 
 def preprocess_frames(frames: np.ndarray, cfg: Mapping[str, Any]) -> torch.Tensor:
     """Batched open_clip eval transform: resize shortest side, center crop, /255, normalise."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames (B, H, W, 3), got {frames.dtype} {frames.shape}")
+    frames = check_frames(frames)
     if cfg.get("resize_mode", "shortest") != "shortest":
         raise NotImplementedError(f"resize_mode {cfg['resize_mode']!r}: only 'shortest' is implemented")
     size = _square_size(cfg["size"])
@@ -237,8 +236,7 @@ def _quiet_random_init_warning() -> Iterator[None]:
 def create_clip(cfg: Config) -> nn.Module:
     """The whole open_clip CLIP, seeded random weights, preprocessing config attached."""
     tag = _tag_cfg(cfg.model, cfg.pretrained)
-    with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed), _quiet_random_init_warning():
         return open_clip.create_model(
             cfg.model,
             pretrained=None,  # never download; files are loaded below, strictly

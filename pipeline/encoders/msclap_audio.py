@@ -21,11 +21,9 @@ with seeded random weights.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import sys
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -35,13 +33,20 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from cache.fingerprint import package_versions
-from pipeline.checkpoints import CheckpointError, load_strict, read_state_dict, require_file
+from pipeline.checkpoints import CheckpointError, load_strict, require_file
 from pipeline.config import resolve_weights
 from pipeline.data.audio import Resampler, Stereo
-from pipeline.encoders.base import Encoder
-from pipeline.encoders.clap_audio import HtsatSizes as ClapHtsatSizes
-from pipeline.encoders.clap_audio import numpy_scalar_globals
+from pipeline.encoders.base import check_audio, seeded
+from pipeline.encoders.clap_common import (
+    ClapEncoder,
+    built_sizes,
+    import_from,
+    package_dir,
+    read_training_checkpoint,
+    tensors_only,
+)
+from pipeline.encoders.clap_common import HtsatSizes as ClapHtsatSizes
+from pipeline.provenance import package_versions
 
 OUTPUT = "clap"  # the store and the head see an encoder called "clap", whatever implements it
 IMPLEMENTATION = "msclap_audio"
@@ -72,13 +77,9 @@ TEXT_PREFIX = "caption_encoder."
 UNUSED_KEYS = frozenset({"logit_scale"})
 
 
-@cache
 def msclap_dir() -> Path:
     """The installed msclap package folder (found without importing it)."""
-    spec = importlib.util.find_spec("msclap")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("msclap is not installed (pip install --no-deps msclap==1.3.4)")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir("msclap", "msclap==1.3.4")
 
 
 def _no_wrapper(name: str):
@@ -105,16 +106,13 @@ def msclap_models(sub: str) -> ModuleType:
         pkg = importlib.util.module_from_spec(spec)
         pkg.__getattr__ = _no_wrapper  # a clear error for msclap.CLAP and friends
         sys.modules["msclap"] = pkg
-    mod = importlib.import_module(f"msclap.models.{sub}")
-    if not Path(mod.__file__).resolve().is_relative_to(msclap_dir().resolve()):
-        raise ImportError(f"msclap.models.{sub} resolved to {mod.__file__}, not the copy in {msclap_dir()}")
-    return mod
+    return import_from(f"msclap.models.{sub}", msclap_dir())
 
 
 class HtsatSizes(ClapHtsatSizes):
     """Arguments of msclap's `HTSAT_Swin_Transformer` for custom (non-2023) sizes, e.g. the tiny variant.
 
-    The laion-clap encoder's sizes plus the class count. HTSAT stretches the log-mel to spec_size *
+    The sizes both CLAP encoders take, plus the class count. HTSAT stretches the log-mel to spec_size *
     (spec_size // 64) frames; longer inputs take msclap's hard-coded crop path (sized for 10-s clips), and
     256 (1024 frames) holds up to ~7.4 s at 44.1 kHz.
     """
@@ -157,14 +155,8 @@ def make_audio_encoder(cfg: Config) -> nn.Module:
         )
     htsat_mod, s = msclap_models("htsat"), cfg.htsat
     htsat = htsat_mod.HTSAT_Swin_Transformer(
-        spec_size=s.spec_size,
-        patch_size=s.patch_size,
-        patch_stride=tuple(s.patch_stride),
+        **s.htsat_kwargs(),
         num_classes=s.num_classes,
-        embed_dim=s.embed_dim,
-        depths=list(s.depths),
-        num_heads=list(s.num_heads),
-        window_size=s.window_size,
         config=msclap_models("config"),  # the same mel front end as the 2023 model
     )
     # HTSATWrapper.__init__ and AudioEncoder.__init__ hard-code the full-size HTSAT: assemble the same two
@@ -179,25 +171,19 @@ def make_audio_encoder(cfg: Config) -> nn.Module:
     return enc
 
 
-class MsclapAudioEncoder(Encoder):
+class MsclapAudioEncoder(ClapEncoder):
     """Frozen MS-CLAP 2023 audio encoder: HTSAT + projection, the un-normalised 1024-d embedding."""
 
-    name = "clap"
-    input = "audio"
     sample_rate = SAMPLE_RATE
 
     def __init__(self, cfg: Config, audio_encoder: nn.Module):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.audio_encoder = audio_encoder  # same key names as CLAP's `audio_encoder.*`
-        self.stereo, self.resampler = cfg.stereo, cfg.resampler
+        self.resampler = cfg.resampler
 
     def preprocess(self, batch: np.ndarray) -> torch.Tensor:
         """(B, samples) float32 segments as they are: msclap feeds the raw waveform (no padding, no quantising)."""
-        a = np.asarray(batch)
-        if a.ndim != 2 or not np.issubdtype(a.dtype, np.floating) or a.shape[1] == 0:
-            raise ValueError(f"expected float32 audio (B, samples), got {a.dtype} {a.shape}")
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(check_audio(batch), dtype=np.float32))
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -216,16 +202,7 @@ class MsclapAudioEncoder(Encoder):
         return {
             "implementation": IMPLEMENTATION,
             "version": self.cfg.version,
-            "htsat": {
-                "embed_dim": h.embed_dim,
-                "depths": list(h.depths),
-                "num_heads": list(h.num_heads),
-                "window_size": h.window_size,
-                "spec_size": h.spec_size,
-                "patch_size": h.patch_size,
-                "patch_stride": list(h.patch_stride),
-                "num_classes": h.num_classes,
-            },
+            "htsat": built_sizes(h) | {"num_classes": h.num_classes},
             "mel_frontend": {
                 k: getattr(c, k)
                 for k in ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")
@@ -256,18 +233,14 @@ def read_msclap_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     Read with weights_only=True; other top-level entries (none are known in the released file) are ignored
     as msclap ignores them, as long as they are plain data.
     """
-    with torch.serialization.safe_globals(numpy_scalar_globals()):
-        obj = read_state_dict(path)
+    obj = read_training_checkpoint(path)
     sd = obj.get("model")
     if not isinstance(sd, Mapping) or not sd:
         raise CheckpointError(
             f"{path}: not an msclap checkpoint: expected a dict holding a 'model' state dict, "
             f"found top-level entries {sorted(map(str, obj))[:8]}"
         )
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: non-tensor entries in the 'model' state dict: {bad[:8]}")
-    return dict(sd)
+    return tensors_only(sd, path, "'model' state dict")
 
 
 def _is_unused_key(key: str) -> bool:
@@ -288,20 +261,14 @@ def audio_state(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if k.startswith(AUDIO_PREFIX)}
 
 
-def random_encoder(cfg: Config) -> MsclapAudioEncoder:
-    """The encoder with default (seeded) init, the caller's RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return MsclapAudioEncoder(cfg, make_audio_encoder(cfg))
-
-
 def build(cfg: Config, weights_dir: str | Path | None = None) -> MsclapAudioEncoder:
     """The MS-CLAP audio encoder: seeded random when cfg.weights is None, else strictly loaded."""
     path = resolve_weights(cfg.weights, weights_dir)
     sd = None
     if path is not None:  # a missing or foreign file fails before the model is built
         sd = audio_state(require_file(path, f"MS-CLAP {cfg.version}", SOURCE))
-    enc = random_encoder(cfg)
+    with seeded(cfg.seed):  # default init, the caller's RNG untouched
+        enc = MsclapAudioEncoder(cfg, make_audio_encoder(cfg))
     if sd is not None:
         load_strict(enc, sd, path)  # every audio key used, none missing, shapes equal
     return enc.eval().requires_grad_(False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 
 from pipeline.config import encoder_config
 from pipeline.encoders.base import Encoder
+from pipeline.provenance import canonical_json
+from pipeline.settings import ENCODER_NAMES
 
 # encoder name -> its default module under pipeline.encoders; each module has `Config` (pydantic) and `build`.
 MODULES = {
@@ -19,7 +22,7 @@ MODULES = {
     "beit3": "beit3",
     "gt": "gt_mask",
 }
-ENCODER_NAMES = tuple(MODULES)
+assert tuple(MODULES) == ENCODER_NAMES, "pipeline.settings.ENCODER_NAMES lists the store's encoders"
 # Other implementations an encoder name may take: a preset's <encoder>.json picks one with "impl". The store
 # and the head still see the encoder name; its outputs' widths come from the implementation.
 IMPLEMENTATIONS = {name: (module,) for name, module in MODULES.items()} | {
@@ -53,3 +56,33 @@ def build_encoder(
     if enc.name != name:
         raise ValueError(f"{mod.__name__} builds encoder {enc.name!r}, not {name!r}")
     return enc.eval().requires_grad_(False).to(device)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' is the GPU when there is one."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+_SHARED: dict[tuple, Encoder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def get_encoder(
+    name: str,
+    preset: str | Path = "tiny",
+    weights_dir: str | Path | None = None,
+    device: str | torch.device = "auto",
+    overrides: dict[str, Any] | None = None,
+) -> Encoder:
+    """One built encoder per (name, preset, weights, device, overrides) per process, shared by its threads.
+
+    Encoders are frozen (eval, no grad), so sharing one between the stages and threads of a process is safe.
+    """
+    dev = resolve_device(device)
+    key = (name, str(preset), str(weights_dir), str(dev), canonical_json(overrides or {}))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = build_encoder(name, preset, weights_dir, dev, overrides)
+        return _SHARED[key]

@@ -43,7 +43,7 @@ from torch import nn
 
 from pipeline.checkpoints import CheckpointError, load_strict, read_evf_sam2, read_state_dict, require_file
 from pipeline.config import resolve_weights
-from pipeline.encoders.base import Encoder
+from pipeline.encoders.base import Encoder, check_frames, seeded
 
 IMAGE_EMBED = "image_embed"
 TRUNK_IN = "trunk_in"
@@ -313,9 +313,7 @@ def trunk_shapes(trunk: nn.Module, image_size: int) -> tuple[list[tuple[int, ...
 
 def preprocess_frames(frames: np.ndarray, image_size: int) -> torch.Tensor:
     """ToTensor (/255), Resize((S, S)) bilinear antialiased, Normalize(ImageNet): SAM2Transforms, batched."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames (B, H, W, 3), got {frames.dtype} {frames.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(255)
+    x = torch.from_numpy(np.ascontiguousarray(check_frames(frames))).permute(0, 3, 1, 2).float().div(255)
     if x.shape[-2:] != (image_size, image_size):
         x = F.interpolate(
             x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
@@ -333,8 +331,7 @@ def longest_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
 
 def preprocess_frames_sam1(frames: np.ndarray, image_size: int) -> torch.Tensor:
     """SAM-1's ResizeLongestSide (PIL bilinear on uint8) + mean/std on 0-255 + zero pad: AV2T's images_sam."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames (B, H, W, 3), got {frames.dtype} {frames.shape}")
+    frames = check_frames(frames)
     h, w = longest_side_shape(frames.shape[1], frames.shape[2], image_size)
     mean = torch.tensor([255 * m for m in MEAN], dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor([255 * s for s in STD], dtype=torch.float32).view(3, 1, 1)
@@ -417,8 +414,7 @@ def build_sam(cfg: Config, empty: bool = False) -> SAM2Base:
     if empty:
         with parameters_on_meta():
             return instantiate(mcfg, _convert_="all")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):
         return instantiate(mcfg, _convert_="all")
 
 

@@ -26,19 +26,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.checkpoints import EVF_PREFIXES, CheckpointError, load_strict, read_evf_sam2, require_file
-from pipeline.config import resolve_weights
+from pipeline.checkpoints import CheckpointError, load_strict
 from pipeline.encoders import sam2_image as S
+from pipeline.encoders.base import seeded
 from pipeline.encoders.beit3 import OUTPUT as BEIT3_PATCHES
 from pipeline.encoders.beit3 import Beit3Encoder
-from pipeline.encoders.registry import build_encoder
 from pipeline.model.adapters import AdapterBank
 from pipeline.model.config import HeadConfig
 from pipeline.model.fusion import Projector
@@ -105,8 +103,7 @@ class AV2TSAM(nn.Module):
             raise ValueError(f"n_tokens {cfg.n_tokens} > BEiT-3's {beit3.max_text_tokens} text positions")
         width, prompt_dim = beit3.cfg.embed_dim, sam.sam_prompt_encoder.embed_dim
         self.d_clip, self.d_clap = d_clip, d_clap
-        with torch.random.fork_rng(devices=[]):  # seeded, caller's RNG untouched
-            torch.manual_seed(cfg.seed)
+        with seeded(cfg.seed):
             self.projector = Projector(cfg, d_clip, d_clap, width)
             if cfg.adapters:
                 widths = {i: trunk.blocks[i].dim for i in range(cfg.adapter_start_block, n_blocks)}
@@ -362,67 +359,3 @@ class AV2TSAM(nn.Module):
             "iou_preds": iou_all,
             "choice": choice,
         }
-
-
-# ---------------------------------------------------------------- building
-
-
-def read_text_hidden_fcs(path: str | Path) -> dict[str, torch.Tensor]:
-    """EVF's `text_hidden_fcs.*` from an EVF-SAM2 checkpoint, keys relative to the ModuleList.
-
-    A .safetensors file is read selectively (the fcs are 5 MB of a 3 GB file); other formats in full.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    path = require_file(path, "EVF-SAM2 text_hidden_fcs", TEXT_FCS_SOURCE)
-    safetensors = path.suffix == ".safetensors"
-    sd = _read_prefix(path, FCS_PREFIX) if safetensors else read_evf_sam2(path)[FCS_PREFIX]
-    if not sd:
-        raise CheckpointError(f"{path}: EVF-SAM2 checkpoint holds no text_hidden_fcs.* keys")
-    return sd
-
-
-def _read_prefix(path: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors under prefix (prefix removed) of an EVF-SAM2 safetensors file, reading only those."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            keys = list(f.keys())
-            stray = [k for k in keys if not k.startswith(EVF_PREFIXES)]
-            if stray:
-                raise CheckpointError(
-                    f"{path}: not an EVF-SAM2 checkpoint: keys outside {EVF_PREFIXES}: {stray[:5]}"
-                )
-            return {k[len(prefix) :]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
-    except CheckpointError:
-        raise
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from e
-
-
-def build_model(
-    cfg: HeadConfig,
-    preset: str | Path,
-    d_clip: int,
-    d_clap: int,
-    weights_dir: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    sam2_overrides: dict[str, Any] | None = None,
-) -> AV2TSAM:
-    """AV2T-SAM on the preset's SAM 2 and BEiT-3; text_hidden_fcs from its EVF-SAM2 file when it has one.
-
-    d_clip / d_clap are the cached embeddings' widths. For adapters, SAM 2 is built with trunk_block =
-    adapter_start_block (unless overridden), so that its config names the arrays the cache holds.
-    """
-    over = dict(sam2_overrides or {})
-    if cfg.adapters:
-        over.setdefault("trunk_block", cfg.adapter_start_block)
-    sam2 = build_encoder("sam2", preset, weights_dir, device, over)
-    beit3 = build_encoder("beit3", preset, weights_dir, device)
-    fcs, source = None, "text_hidden_fcs"
-    if beit3.cfg.weights is not None:  # the same EVF-SAM2 file holds BEiT-3 and the fcs
-        source = resolve_weights(beit3.cfg.weights, weights_dir)
-        fcs = read_text_hidden_fcs(source)
-    return AV2TSAM(cfg, sam2, beit3, d_clip, d_clap, fcs, source).to(device)

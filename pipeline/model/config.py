@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.config import preset_dir
-
-Fusion = Literal["mul", "clip", "clap", "sum", "concat", "gated"]
+from pipeline.config import preset_file
 
 
 class HeadConfig(BaseModel):
@@ -18,7 +16,7 @@ class HeadConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fusion: Fusion = "mul"
+    fusion: str = "mul"
     """mul: the paper, f_CLIP * f_CLAP of the L2-normalised, projected embeddings. clip / clap: one projected
     embedding (the paper's ablations). sum: f_CLIP + f_CLAP. concat: one projection of [v; a]. gated:
     g * f_CLIP + (1 - g) * f_CLAP with g = sigmoid(W [f_CLIP; f_CLAP])."""
@@ -50,12 +48,22 @@ class HeadConfig(BaseModel):
     seed: int = 0
     """Seed of the head's random init (projections, MLP, adapters, text_hidden_fcs when not loaded)."""
 
+    @field_validator("fusion")
+    @classmethod
+    def _known_fusion(cls, name: str) -> str:
+        """A fusion registered in pipeline.model.fusion (imported here, on first use: it needs torch)."""
+        from pipeline.model.fusion import FUSIONS
+
+        if name not in FUSIONS:
+            raise ValueError(f"unknown fusion {name!r}; registered: {sorted(FUSIONS)}")
+        return name
+
 
 # Head settings per encoder preset. tiny: random encoders give the fused feature ~1e-2 per dimension
 # (product of two kaiming projections of unit vectors: 2 / sqrt(d_clip d_clap)), which BEiT-3 barely
 # notices; "auto" starts it at unit RMS. paper: the reference's init, unchanged.
 def head_config(preset: str | Path = "tiny", **changes: Any) -> HeadConfig:
-    """The preset's head defaults (pipeline/presets/<preset>/head.json), with some fields changed."""
-    path = preset_dir(preset) / "head.json"
-    base = json.loads(path.read_text()) if path.is_file() else {}
+    """The preset's head defaults (its head.json, or that of the preset it extends), with some fields changed."""
+    path = preset_file(preset, "head.json")
+    base = json.loads(path.read_text()) if path is not None else {}
     return HeadConfig.model_validate(base | changes)

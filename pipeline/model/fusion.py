@@ -19,6 +19,120 @@ def kaiming_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+class Fusion:
+    """One way to fuse the L2-normalised embeddings: the layers it adds to the Projector, and the fusion.
+
+    The layers are attributes of the Projector itself (not of a sub-module), so that the reference's key
+    names (`projector.vision_proj.weight`, ...) hold; they are created in the order `layers` lists them.
+    """
+
+    name: str = ""
+
+    @staticmethod
+    def layers(d_clip: int, d_clap: int, d: int) -> dict[str, nn.Module]:
+        """The fusion's trainable layers by attribute name."""
+        raise NotImplementedError
+
+    @staticmethod
+    def fuse(m: nn.Module, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """(B, d_clip), (B, d_clap) normalised embeddings -> (B, d_shared), with the layers on m."""
+        raise NotImplementedError
+
+
+FUSIONS: dict[str, type[Fusion]] = {}
+
+
+def register_fusion(name: str):
+    """Class decorator: make a fusion selectable as a head's `"fusion": name`."""
+
+    def add(cls: type[Fusion]) -> type[Fusion]:
+        cls.name = name
+        FUSIONS[name] = cls
+        return cls
+
+    return add
+
+
+def _projections(d_clip: int, d_clap: int, d: int) -> dict[str, nn.Module]:
+    return {"vision_proj": nn.Linear(d_clip, d), "audio_proj": nn.Linear(d_clap, d)}
+
+
+@register_fusion("mul")
+class Mul(Fusion):
+    """The paper: f_CLIP * f_CLAP of the projected embeddings."""
+
+    layers = staticmethod(_projections)
+
+    @staticmethod
+    def fuse(m: nn.Module, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return m.audio_proj(a) * m.vision_proj(v)
+
+
+@register_fusion("clip")
+class ClipOnly(Fusion):
+    """The paper's image-only ablation: the projected CLIP embedding."""
+
+    @staticmethod
+    def layers(d_clip: int, d_clap: int, d: int) -> dict[str, nn.Module]:
+        return {"vision_proj": nn.Linear(d_clip, d)}
+
+    @staticmethod
+    def fuse(m: nn.Module, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return m.vision_proj(v)
+
+
+@register_fusion("clap")
+class ClapOnly(Fusion):
+    """The paper's audio-only ablation: the projected CLAP embedding."""
+
+    @staticmethod
+    def layers(d_clip: int, d_clap: int, d: int) -> dict[str, nn.Module]:
+        return {"audio_proj": nn.Linear(d_clap, d)}
+
+    @staticmethod
+    def fuse(m: nn.Module, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return m.audio_proj(a)
+
+
+@register_fusion("sum")
+class Sum(Fusion):
+    """f_CLIP + f_CLAP."""
+
+    layers = staticmethod(_projections)
+
+    @staticmethod
+    def fuse(m: nn.Module, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return m.vision_proj(v) + m.audio_proj(a)
+
+
+@register_fusion("concat")
+class Concat(Fusion):
+    """One projection of [v; a]."""
+
+    @staticmethod
+    def layers(d_clip: int, d_clap: int, d: int) -> dict[str, nn.Module]:
+        return {"joint_proj": nn.Linear(d_clip + d_clap, d)}
+
+    @staticmethod
+    def fuse(m: nn.Module, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return m.joint_proj(torch.cat([v, a], dim=-1))
+
+
+@register_fusion("gated")
+class Gated(Fusion):
+    """g * f_CLIP + (1 - g) * f_CLAP with g = sigmoid(W [f_CLIP; f_CLAP])."""
+
+    @staticmethod
+    def layers(d_clip: int, d_clap: int, d: int) -> dict[str, nn.Module]:
+        return {**_projections(d_clip, d_clap, d), "gate": nn.Linear(2 * d, d)}
+
+    @staticmethod
+    def fuse(m: nn.Module, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        fv, fa = m.vision_proj(v), m.audio_proj(a)
+        g = torch.sigmoid(m.gate(torch.cat([fv, fa], dim=-1)))
+        return g * fv + (1 - g) * fa
+
+
 class Projector(nn.Module):
     """L2-normalise, project and fuse (B, d_clip) and (B, d_clap) into (B, d_shared); map that to tokens.
 
@@ -29,16 +143,11 @@ class Projector(nn.Module):
     def __init__(self, cfg: HeadConfig, d_clip: int, d_clap: int, token_dim: int):
         super().__init__()
         self.fusion = cfg.fusion
+        self._fusion = FUSIONS[cfg.fusion]
         self.n_tokens, self.token_dim = cfg.n_tokens, token_dim
         d = cfg.d_shared
-        if cfg.fusion in ("mul", "clip", "sum", "gated"):
-            self.vision_proj = nn.Linear(d_clip, d)
-        if cfg.fusion in ("mul", "clap", "sum", "gated"):
-            self.audio_proj = nn.Linear(d_clap, d)
-        if cfg.fusion == "concat":
-            self.joint_proj = nn.Linear(d_clip + d_clap, d)
-        if cfg.fusion == "gated":
-            self.gate = nn.Linear(2 * d, d)
+        for name, layer in self._fusion.layers(d_clip, d_clap, d).items():
+            setattr(self, name, layer)
         self.to_text_space = nn.Sequential(
             nn.Linear(d, cfg.mlp_hidden), nn.ReLU(), nn.Linear(cfg.mlp_hidden, cfg.n_tokens * token_dim)
         )
@@ -62,19 +171,7 @@ class Projector(nn.Module):
     def _fuse(self, clip: torch.Tensor, clap: torch.Tensor) -> torch.Tensor:
         v = F.normalize(clip, p=2, dim=-1)
         a = F.normalize(clap, p=2, dim=-1)
-        if self.fusion == "clip":
-            return self.vision_proj(v)
-        if self.fusion == "clap":
-            return self.audio_proj(a)
-        if self.fusion == "concat":
-            return self.joint_proj(torch.cat([v, a], dim=-1))
-        fv, fa = self.vision_proj(v), self.audio_proj(a)
-        if self.fusion == "mul":
-            return fa * fv
-        if self.fusion == "sum":
-            return fv + fa
-        g = torch.sigmoid(self.gate(torch.cat([fv, fa], dim=-1)))
-        return g * fv + (1 - g) * fa
+        return self._fusion.fuse(self, v, a)
 
     def forward(self, clip: torch.Tensor, clap: torch.Tensor) -> torch.Tensor:
         """(B, d_clip), (B, d_clap) -> the fused feature (B, d_shared)."""

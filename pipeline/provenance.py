@@ -1,4 +1,4 @@
-"""Encoder fingerprints: a digest of everything that decides the features' values."""
+"""Provenance and fingerprints, the one module cache/ and pipeline/ share: digests of what decides features."""
 
 from __future__ import annotations
 

@@ -1,0 +1,331 @@
+"""The stages' settings: the one source of every default and help text (the CLI and the flows derive theirs).
+
+Light on purpose (pydantic and the preset files only): `av2t --help` builds its options from these models
+without importing torch, zarr or Prefect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from pipeline.config import preset_file
+from pipeline.data.layout import SPLITS
+from pipeline.model.config import HeadConfig, head_config
+
+# The encoder names a store holds (pipeline.encoders.registry maps each to its module).
+ENCODER_NAMES: tuple[str, ...] = ("clip", "clap", "sam2", "beit3", "gt")
+DEFAULT_STORE = "runs/store.zarr"
+Split = Literal["train", "val", "test"]
+SubsetName = Literal["s4", "ms3"]
+EvalMode = Literal["cached", "end-to-end"]
+RunnerKind = Literal["threads", "dask"]
+
+
+class ExtractConfig(BaseModel):
+    """What to extract, from where, into where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path = Field(description="AVSBench root (the folder holding Single-source/ and Multi-sources/)")
+    subset: SubsetName = Field("s4", description="AVSBench subset: s4 (single source) or ms3 (multi source)")
+    splits: list[Split] = Field(default_factory=lambda: list(SPLITS), description="splits to extract")
+    encoders: list[str] = Field(
+        default_factory=lambda: list(ENCODER_NAMES),
+        description="encoders to run ('gt' caches the GT masks)",
+    )
+    preset: str = Field("tiny", description="encoder preset: a shipped name (tiny, paper, ...) or a folder")
+    store: str = Field(DEFAULT_STORE, description="feature store path or fsspec URL")
+    batch_size: int = Field(8, ge=1, description="rows per encoder forward")
+    device: str = Field("auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    on_error: Literal["stop", "skip"] = Field(
+        "stop", description="a bad input file: stop (rows done so far are kept), or skip its rows"
+    )
+    dtype: Literal["float16", "float32"] = Field("float16", description="storage dtype of float features")
+    frames: Literal["used", "all"] = Field(
+        "used", description="used: S4 train frame 1 only (the annotated one); all: every frame"
+    )
+    weights_dir: Path | None = Field(
+        None, description="folder of the official checkpoints (default: $AV2T_WEIGHTS, else ./weights)"
+    )
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='per-encoder config overrides, e.g. {"sam2": {"trunk_block": 44}}'
+    )
+    block_rows: int = Field(32, ge=1, description="rows per write block (= zarr shard)")
+    codec: str = Field("zstd", description="compressor of the feature arrays (none, zstd, blosc-lz4, ...)")
+    allow_other_fingerprints: bool = Field(
+        False, description="keep features of other encoder fingerprints beside the new ones in one group"
+    )
+    threads: int = Field(
+        0, ge=0, description="torch threads per worker (0: leave as is); same count -> bit-identical features"
+    )
+
+
+class OptimConfig(BaseModel):
+    """AdamW with a cosine schedule to min_lr (the paper: lr 2e-4, wd 0.01, 40 epochs, batch 8)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(20, ge=1, description="training epochs")
+    batch_size: int = Field(8, ge=1, description="rows per optimiser step")
+    lr: float = Field(2e-4, gt=0, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    min_lr: float = Field(1e-7, ge=0, description="learning rate at the end of the cosine schedule")
+
+
+def preset_optim(preset: str | Path) -> OptimConfig:
+    """The preset's training defaults (its train.json, or that of the preset it extends)."""
+    path = preset_file(preset, "train.json")
+    return OptimConfig.model_validate_json(path.read_text()) if path is not None else OptimConfig()
+
+
+class TrainConfig(BaseModel):
+    """One training run: where the features are, the head, the optimiser, where outputs go."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: str = Field(DEFAULT_STORE, description="feature store written by extract-features")
+    subset: SubsetName = Field("s4", description="AVSBench subset the head trains on")
+    train_split: Split = Field("train", description="split the head trains on")
+    val_split: Split = Field("val", description="split scored after every epoch (best.pt = best M_J)")
+    preset: str = Field("tiny", description="encoder preset the features were extracted with")
+    weights_dir: Path | None = Field(
+        None, description="folder of the official checkpoints (default: $AV2T_WEIGHTS, else ./weights)"
+    )
+    head: HeadConfig | None = Field(None, description="head config (default: the preset's head.json)")
+    optim: OptimConfig | None = Field(None, description="optimiser (default: the preset's train.json)")
+    seed: int = Field(0, description="seed of the shuffling and of the torch RNG")
+    device: str = Field("auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    out: Path = Field(Path("runs/train"), description="folder for best.pt, last.pt, metrics.csv, curves.png")
+    resume: bool = Field(True, description="continue from out/last.pt when it is there")
+    threads: int = Field(0, ge=0, description="torch threads (0: leave as is)")
+    max_steps: int | None = Field(None, description="stop each epoch after this many steps (benchmarks)")
+    stop_after: int | None = Field(
+        None, description="leave after this many epochs of this invocation (resume later)"
+    )
+    progress: bool = Field(True, description="show a progress bar and per-epoch lines")
+
+    def head_config(self) -> HeadConfig:
+        """The effective head."""
+        return self.head or head_config(self.preset)
+
+    def optimiser(self) -> OptimConfig:
+        """The effective optimiser settings."""
+        return self.optim or preset_optim(self.preset)
+
+
+class EvalConfig(BaseModel):
+    """One evaluation: which head, on which data, from where, and what to write."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Path = Field(description="a head checkpoint (best.pt) written by the train stage")
+    root: Path = Field(description="AVSBench root (clip list, frames for overlays, raw data end to end)")
+    subset: SubsetName = Field("s4", description="AVSBench subset to score")
+    split: Split = Field("test", description="split to score")
+    mode: EvalMode = Field(
+        "cached", description="cached: features from the store; end-to-end: raw frames and audio in"
+    )
+    store: str | None = Field(None, description="feature store (cached mode)")
+    device: str = Field("auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    out: Path = Field(Path("runs/eval"), description="folder for report.json, report.md, tables, overlays")
+    batch_size: int = Field(8, ge=1, description="rows per forward (cached mode; end to end: one video)")
+    vision_bias: bool = Field(False, description="also score with swapped and silent audio")
+    weights_dir: Path | None = Field(
+        None, description="folder of the official checkpoints (default: $AV2T_WEIGHTS, else ./weights)"
+    )
+    threads: int = Field(0, ge=0, description="torch threads (0: leave as is)")
+    save_masks: bool = Field(False, description="write predicted probabilities as PNG under out/masks")
+    overlays: int = Field(3, ge=0, description="overlay PNGs of this many best and worst videos")
+    progress: bool = Field(True, description="show a progress bar")
+
+    @model_validator(mode="after")
+    def _store_for_cached(self) -> EvalConfig:
+        """Cached mode reads a store."""
+        if self.mode == "cached" and not self.store:
+            raise ValueError("mode 'cached' needs a store")
+        return self
+
+
+# The flows' own settings: a stage's config plus what only the flow decides (where tasks run, what to compare).
+# Their fields are the flows' parameters (flows.params) and the `av2t` options (flows.options).
+
+
+def _like(model: type[BaseModel], name: str, default: Any, description: str = "") -> Any:
+    """A field of `model` with another default (and optionally more words), its description kept."""
+    base = model.model_fields[name].description or ""
+    return Field(default, description=f"{base} {description}".strip())
+
+
+class RunnerSettings(BaseModel):
+    """Where a flow's tasks run: threads of this process, or a Dask cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+    task_runner: RunnerKind = Field("threads", description="threads: here; dask: a Dask cluster")
+    workers: int = Field(1, ge=1, description="threads, or processes of the local Dask cluster")
+    dask_address: str | None = Field(
+        None, description="scheduler address of an existing Dask cluster (default: start a local one)"
+    )
+
+
+class ExtractFlowSettings(RunnerSettings, ExtractConfig):
+    """The extract-features flow: what the extract stage needs, and where its shard tasks run."""
+
+    def stage(self) -> ExtractConfig:
+        """The extract stage's part."""
+        return ExtractConfig.model_validate(self.model_dump(include=set(ExtractConfig.model_fields)))
+
+
+# Each optimiser setting as an optional override of the preset's train.json.
+OptimOverrides: type[BaseModel] = create_model(
+    "OptimOverrides",
+    __config__=ConfigDict(extra="forbid"),
+    **{
+        name: (
+            f.annotation | None,
+            Field(None, description=f"{f.description} (default: the preset's train.json)"),
+        )
+        for name, f in OptimConfig.model_fields.items()
+    },
+)
+
+
+class TrainFlowSettings(OptimOverrides, TrainConfig):
+    """The train-head flow: one head (`head`) or a sweep file of heads, optimiser settings over the preset's."""
+
+    sweep_file: Path | None = Field(
+        None,
+        description="JSON file {name: HeadConfig fields}: every head trained in one pass (replaces head)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _head_over_preset(cls, data: Any) -> Any:
+        """A head given as fields changes only those fields of the preset's head (as a sweep entry)."""
+        if isinstance(data, dict) and isinstance(data.get("head"), dict):
+            preset = data.get("preset", cls.model_fields["preset"].default)
+            data = data | {"head": head_config(preset, **data["head"])}
+        return data
+
+    def stage(self) -> TrainConfig:
+        """The train stage's part, with the effective optimiser."""
+        cfg = TrainConfig.model_validate(self.model_dump(include=set(TrainConfig.model_fields)))
+        given = {k: v for k in OptimConfig.model_fields if (v := getattr(self, k)) is not None}
+        return cfg.model_copy(update={"optim": OptimConfig(**(cfg.optimiser().model_dump() | given))})
+
+
+class EvalFlowSettings(EvalConfig):
+    """The evaluate flow: score a head (default: the newest), compare with the previous report, publish."""
+
+    checkpoint: Path | None = _like(
+        EvalConfig, "checkpoint", None, "(default: the newest best.pt under checkpoints)"
+    )
+    checkpoints: Path = Field(Path("runs"), description="folder searched for the newest best.pt")
+    root: Path = _like(EvalConfig, "root", Path("data/synth"))
+    mode: EvalMode = _like(EvalConfig, "mode", "end-to-end")
+    reports: Path = Field(
+        Path("runs/reports"),
+        description="each run writes reports/<time>-<subset>-<split>/; the latest earlier one is the reference",
+    )
+    tolerance: float = Field(
+        0.005, ge=0, description="a metric lower than the previous report's by more than this is a regression"
+    )
+
+    def stage(self, checkpoint: Path, out: Path) -> EvalConfig:
+        """The evaluate stage's part, for this checkpoint and report folder."""
+        fields = self.model_dump(include=set(EvalConfig.model_fields))
+        return EvalConfig.model_validate(fields | {"checkpoint": checkpoint, "out": out, "progress": False})
+
+
+class DemoSettings(BaseModel):
+    """The demo flow: synthetic S4 and MS3 -> extract-features -> train-head -> evaluate, `tiny` preset."""
+
+    model_config = ConfigDict(extra="forbid")
+    out: Path = Field(Path("runs/demo"), description="folder for the data, stores, heads and reports")
+    s4_videos: int = Field(80, description="synthetic S4 videos (S4 trains on frame 1 only, so more)")
+    ms3_videos: int = Field(24, description="synthetic MS3 videos")
+    epochs: int = Field(15, ge=1, description="training epochs per subset")
+    seed: int = Field(0, ge=0, description="seed of the synthetic data")
+
+
+# The options of the `av2t` commands that run no flow.
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthOptions(_Options):
+    """av2t synth."""
+
+    out: Path = Field(description="AVSBench root to write")
+    subset: SubsetName = Field(description="AVSBench subset to write")
+    videos: int = Field(24, description="total videos, split ~70/15/15")
+    seed: int = Field(0, ge=0, description="seed (the same seed writes byte-identical files)")
+
+
+class DataCheckOptions(_Options):
+    """av2t data check."""
+
+    root: Path = Field(description="AVSBench root to validate")
+    subset: SubsetName = Field(description="AVSBench subset to validate")
+    as_json: bool = Field(False, description="print one JSON object")
+    workers: int = Field(8, ge=1, description="decode threads")
+
+
+class CacheInfoOptions(_Options):
+    """av2t cache info."""
+
+    store: str = Field(description="feature store path or fsspec URL")
+    as_json: bool = Field(False, description="print one JSON object")
+
+
+class CacheExportOptions(_Options):
+    """av2t cache export."""
+
+    store: str = Field(description="feature store path or fsspec URL")
+    h5: Path = Field(description="HDF5 file to write")
+    group: list[str] | None = Field(
+        None, description="SUBSET/SPLIT groups to export, e.g. s4/train (default: all)"
+    )
+
+
+class CacheImportOptions(_Options):
+    """av2t cache import."""
+
+    store: str = Field(description="feature store path or fsspec URL")
+    h5: Path = Field(description="HDF5 file written by `av2t cache export`")
+    overwrite: bool = Field(False, description="replace groups that exist")
+
+
+class ScoreOptions(_Options):
+    """av2t score."""
+
+    pred: Path = Field(description="folder of predicted masks <name>/<name>_<k>.png, 8-bit, read as v/255")
+    root: Path = Field(description="AVSBench root (the ground truth)")
+    subset: SubsetName = Field(description="AVSBench subset to score")
+    split: Split = Field("test", description="split to score")
+    as_json: bool = Field(False, description="print one JSON object")
+
+
+class OfficialImportOptions(_Options):
+    """av2t official import."""
+
+    checkpoint: Path = Field(description="the reference checkpoint {name}_best.pth (AVTSAM.state_dict())")
+    out: Path = Field(description="folder for head.pt and weights/")
+    weights_dir: Path | None = Field(
+        None,
+        description="where the CLIP / MS-CLAP files are, linked into out (default: $AV2T_WEIGHTS, else ./weights)",
+    )
+    preset: str = Field("paper-official", description="encoder preset of the head")
+
+
+class OfficialExportOptions(_Options):
+    """av2t official export."""
+
+    checkpoint: Path = Field(description="a head checkpoint (best.pt) of the train stage")
+    out: Path = Field(description="the .pth file to write")
+    weights_dir: Path | None = Field(
+        None, description="the head's preset weights folder (default: $AV2T_WEIGHTS, else ./weights)"
+    )
+    device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
