@@ -52,13 +52,15 @@ class FeatureBatches(Dataset):
         for field, src in self.sources.items():
             enc = _encoder_by_key(group, src.encoder_key)
             enc.array(src.array)
-            missing = ~enc.done_mask()[self.rows]
+            enc.refuse_missing([src.array], self.rows)  # StoreDamaged: done rows whose chunks are gone
+            missing = ~enc.done_record()[self.rows]
             if missing.any():
                 raise StoreError(
                     f"{store_url}: {group.path}/{src.encoder_key} ({field}) has {int(missing.sum())} of "
                     f"{len(self.rows)} rows not extracted yet; finish extract-features first"
                 )
         self._arrays: dict[str, Any] | None = None
+        self._owners: dict[str, tuple[EncoderGroup, str]] | None = None
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,22 +76,24 @@ class FeatureBatches(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         # zarr handles hold an event loop and thread: each process opens its own.
-        return {**self.__dict__, "_arrays": None}
+        return {**self.__dict__, "_arrays": None, "_owners": None}
 
     def _open(self) -> dict[str, Any]:
         if self._arrays is None:
             group = FeatureStore(self.store_url, mode="r", storage_options=self.storage_options).split(
                 self.subset, self.split
             )
-            self._arrays = {
-                f: _encoder_by_key(group, s.encoder_key).array(s.array) for f, s in self.sources.items()
-            }
+            owners = {f: (_encoder_by_key(group, s.encoder_key), s.array) for f, s in self.sources.items()}
+            self._arrays = {f: enc.array(name) for f, (enc, name) in owners.items()}
+            self._owners = owners
         return self._arrays
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """One batch; a damaged chunk (checksum, decoding, non-finite before checksums) raises StoreDamaged."""
         rows = self._batches[i]
         out: dict[str, torch.Tensor] = {"row": torch.from_numpy(rows.copy())}
-        for field, x in read_rows(self._open(), rows).items():
+        arrays = self._open()
+        for field, x in read_rows(arrays, rows, self._owners).items():
             out[field] = torch.from_numpy(x)
         return out
 

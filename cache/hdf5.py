@@ -49,7 +49,7 @@ def export_h5(
                     )
                     for b in range(g.n_blocks):  # block by block: never the whole array in memory
                         sl = g.block_slice(b)
-                        ds[sl] = arr[sl]
+                        ds[sl] = e.read(name, sl)  # damaged chunks of done rows raise StoreDamaged
             written.append(g.path)
     return written
 
@@ -97,9 +97,10 @@ def import_h5(store: FeatureStore, path: str | Path, overwrite: bool = False) ->
                     if enc.key != key:
                         raise StoreError(f"{path}: {subset}/{split}/{key} provenance hashes to {enc.key}")
                     for name in specs:
+                        arr = enc.writable(name)  # every chunk stored: an absent one means lost data
                         for b in range(g.n_blocks):
                             sl = g.block_slice(b)
-                            enc.group[name][sl] = eg[name][sl]
+                            arr[sl] = eg[name][sl]
                     enc.group["done"][:] = eg["done"][:]
                 imported.append(f"{subset}/{split}")
     return imported

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
@@ -33,6 +34,245 @@ class FingerprintMismatch(StoreError):
 
 class IndexMismatch(StoreError):
     """The store's rows for a split differ from the rows asked for."""
+
+
+class StoreDamaged(StoreError):
+    """Stored chunks are missing, fail their checksum, do not decode or hold non-finite features.
+
+    The message (damage_message) names every damaged chunk (group, encoder key, array, rows, problem) and the
+    commands that repair it; `damage` holds them as Damage records.
+    """
+
+    def __init__(self, damage: list[Damage]):
+        self.damage = list(damage)
+        super().__init__(damage_message(self.damage, limit=20))
+
+
+# Integrity: every chunk of every array written from now on carries a crc32c checksum (after the
+# compressor; the shard index of a sharded array has its own by default), and every chunk of a written
+# block is stored, even an all-zero one, so an absent chunk of a done row means lost data.
+CHECKSUM = "crc32c"
+UNCHECKED = (
+    "unchecked (written before checksums: run `av2t cache verify`; re-extract into a new store to add them)"
+)
+CHECKSUM_MISMATCH = "checksum mismatch"
+MISSING = "missing"
+UNDECODABLE = "undecodable"
+NON_FINITE = "non-finite"
+INDEX_DIGEST = "does not match the split's index digest"
+WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
+EXTRACT_SPLITS = ("train", "val", "test")
+
+
+def _with_checksum(compressors: list[Any] | None) -> list[Any]:
+    return [*(compressors or []), zarr.codecs.Crc32cCodec()]
+
+
+def array_checksum(arr: zarr.Array) -> str | None:
+    """The checksum every (inner) chunk of the array carries: "crc32c", or None (written before checksums)."""
+    codecs = list(arr.metadata.codecs)
+    for c in list(codecs):
+        if isinstance(c, zarr.codecs.ShardingCodec):
+            codecs = list(c.codecs)
+    return CHECKSUM if any(isinstance(c, zarr.codecs.Crc32cCodec) for c in codecs) else None
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged (or lost) stored chunk: where it is, the rows it holds, what is wrong, how to redo it."""
+
+    store: str
+    subset: str
+    split: str
+    encoder: str  # name@fingerprint; "" for the split's index
+    array: str  # a feature array, "done" (the completion record) or "index/<column>"
+    start: int  # rows start..stop-1 of the chunk
+    stop: int
+    key: str  # the stored object
+    problem: str  # checksum mismatch | missing | undecodable | non-finite | does not match the index digest
+    detail: str = ""
+    # How `av2t extract` recomputes it: encoder names, and the options the encoder's arrays were made with.
+    reextract: tuple[str, ...] = ()
+    options: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def group(self) -> str:
+        """subset/split."""
+        return f"{self.subset}/{self.split}"
+
+    def line(self) -> str:
+        """One line: group, encoder key, array, rows, problem, stored object."""
+        rows = f"rows {self.start}-{self.stop - 1}" if self.stop - self.start > 1 else f"row {self.start}"
+        where = " ".join(x for x in (self.group, self.encoder, self.array) if x)
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{where} {rows}: {self.problem}{detail} [{self.key}]"
+
+    def to_json(self) -> dict[str, Any]:
+        """As `av2t cache verify --json` prints it."""
+        return {
+            "group": self.group,
+            "subset": self.subset,
+            "split": self.split,
+            "encoder": self.encoder or None,
+            "array": self.array,
+            "rows": [self.start, self.stop],
+            "key": self.key,
+            "problem": self.problem,
+            "detail": self.detail,
+        }
+
+
+def repair_command(store: str) -> str:
+    """The command that takes damaged chunks out of the store and marks their rows not done."""
+    return f"av2t cache verify {store} --repair"
+
+
+def extract_commands(damage: Iterable[Damage]) -> list[str]:
+    """`av2t extract` commands that recompute the rows a repair marked not done (one per subset and options)."""
+    plans: dict[tuple[str, str, tuple[str, ...]], tuple[set[str], dict[str, None]]] = {}
+    for d in damage:
+        splits, names = plans.setdefault((d.store, d.subset, d.options), (set(), {}))
+        splits.add(d.split)
+        names.update(dict.fromkeys(d.reextract))
+    out = []
+    for (store, subset, options), (splits, names) in plans.items():
+        ordered = [s for s in EXTRACT_SPLITS if s in splits] + sorted(splits - set(EXTRACT_SPLITS))
+        out.append(
+            " ".join(
+                [
+                    f"av2t extract --store {store} --subset {subset} --splits {' '.join(ordered)}",
+                    f"--encoders {' '.join(names)} --root <AVSBench root> --preset <preset it was extracted with>",
+                    *options,
+                ]
+            )
+        )
+    return out
+
+
+def damage_message(damage: list[Damage], limit: int | None = None, repaired: bool = False) -> str:
+    """The text naming damaged chunks and their fix: readers raise it (StoreDamaged), `cache verify` prints it."""
+    if not damage:
+        return "no damage"
+    stores = list(dict.fromkeys(d.store for d in damage))
+    shown = damage if limit is None else damage[:limit]
+    lines = [f"{', '.join(stores)}: damaged data in the feature store ({len(damage)} chunk(s)):"]
+    lines += [f"  {d.line()}" for d in shown]
+    if len(shown) < len(damage):
+        lines.append(f"  ... and {len(damage) - len(shown)} more (`av2t cache verify` lists them all)")
+    if not repaired:
+        lines += [
+            f"repair: {repair_command(s)}   (removes the damaged blocks' chunks and marks their rows not done)"
+            for s in stores
+        ]
+    lines += [f"then re-extract: {c}" for c in extract_commands(damage)]
+    lines.append(
+        "  (extract recomputes exactly the rows not done: every row of a repaired block; pass the preset and"
+        " --threads of the first extraction for bit-identical features)"
+    )
+    return "\n".join(lines)
+
+
+# Float bit patterns whose exponent bits are all ones are inf or nan: a mask test is ~5x faster than isfinite.
+_EXPONENT = {
+    np.dtype("float16"): (np.uint16, 0x7C00),
+    np.dtype("float32"): (np.uint32, 0x7F800000),
+    np.dtype("float64"): (np.uint64, 0x7FF0000000000000),
+}
+
+
+def non_finite_rows(x: np.ndarray) -> np.ndarray:
+    """Per row (first axis), whether it holds any inf or nan."""
+    x = np.ascontiguousarray(x)
+    if x.dtype in _EXPONENT:
+        u, m = _EXPONENT[x.dtype]
+        bad = (x.view(u) & u(m)) == u(m)
+    else:
+        bad = ~np.isfinite(x)
+    return bad.reshape(len(x), -1).any(1)
+
+
+def _problem(e: BaseException) -> tuple[str, str]:
+    text = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    if isinstance(e, ValueError) and "checksum" in str(e).lower():
+        return CHECKSUM_MISMATCH, ""
+    return UNDECODABLE, f"{type(e).__name__}: {text}"
+
+
+def outer_rows(arr: zarr.Array) -> int:
+    """Rows per stored object along the first axis: the shard, or the chunk of an unsharded array."""
+    return int((arr.shards or arr.chunks)[0])
+
+
+def n_objects(arr: zarr.Array) -> int:
+    """Stored objects along the first axis (the arrays are chunked whole along the others)."""
+    return math.ceil(arr.shape[0] / outer_rows(arr)) if arr.shape[0] else 0
+
+
+def object_rows(arr: zarr.Array, i: int) -> slice:
+    """Rows of stored object i."""
+    r = outer_rows(arr)
+    return slice(i * r, min((i + 1) * r, arr.shape[0]))
+
+
+def object_key(arr: zarr.Array, i: int) -> str:
+    """Store key of object i (a shard, or a chunk of an unsharded array)."""
+    return f"{arr.store_path.path}/{arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))}"
+
+
+def objects_of_rows(arr: zarr.Array, rows: np.ndarray | slice | None) -> list[int]:
+    """The stored objects holding these rows (all with None)."""
+    if rows is None:
+        return list(range(n_objects(arr)))
+    if isinstance(rows, slice):
+        rows = np.arange(arr.shape[0])[rows]
+    return sorted({int(r) for r in np.unique(np.asarray(rows, dtype=np.int64) // outer_rows(arr))})
+
+
+def stored_objects(arr: zarr.Array, objects: list[int]) -> set[int]:
+    """Which of these objects are in the store: a few are looked up one by one, more by one listing."""
+    if not objects:
+        return set()
+    store = arr.store_path.store
+    keys = {object_key(arr, i): i for i in objects}
+    if len(objects) <= 16:
+
+        async def exists():
+            return await asyncio.gather(*(store.exists(k) for k in keys))
+
+        return {i for (k, i), ok in zip(keys.items(), zarr_sync(exists()), strict=True) if ok}
+
+    async def listing():
+        return [k async for k in store.list_prefix(arr.store_path.path)]
+
+    return {keys[k] for k in zarr_sync(listing()) if k in keys}
+
+
+def read_object(arr: zarr.Array, i: int) -> tuple[np.ndarray | None, list[tuple[int, int, BaseException]]]:
+    """Decode stored object i: (its rows, []) or (None, [(start, stop, error)] for each chunk that fails).
+
+    A shard whose inner chunks fail one by one names those chunks' rows; a shard that fails as a whole (its
+    index) names all its rows. Storage errors (OSError: network, permissions) are not damage: they raise.
+    """
+    sl = object_rows(arr, i)
+    try:
+        return arr[sl], []
+    except OSError:
+        raise
+    except Exception as e:
+        whole = e
+    inner, bad = int(arr.chunks[0]), []
+    if inner < outer_rows(arr):
+        for a in range(sl.start, sl.stop, inner):
+            b = min(a + inner, sl.stop)
+            try:
+                arr[a:b]
+            except OSError:
+                raise
+            except Exception as e:
+                bad.append((a, b, e))
+        if len(bad) == math.ceil((sl.stop - sl.start) / inner):
+            bad = []  # every inner chunk fails: the shard (its index) is what is damaged
+    return None, bad or [(sl.start, sl.stop, whole)]
 
 
 CODECS: dict[str, Any] = {
@@ -81,13 +321,22 @@ def row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
     return [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)]
 
 
-def read_rows_many(arrays: dict[str, zarr.Array], rows: np.ndarray) -> dict[str, np.ndarray]:
+Owners = Mapping[str, "tuple[EncoderGroup, str]"]
+
+
+def read_rows_many(
+    arrays: dict[str, zarr.Array], rows: np.ndarray, owners: Owners | None = None
+) -> dict[str, np.ndarray]:
     """Sorted rows of several arrays, read as runs of consecutive rows, all in one event-loop round trip.
 
     A shuffled training batch is many small reads; issued one by one, zarr's per-call overhead
     (~1-2 ms) dominated the batch. Gathered on zarr's own loop, they overlap.
+
+    owners (field -> (encoder group, array name)): a chunk that fails its checksum or does not decode raises
+    StoreDamaged naming it; so do non-finite values read from an array written before checksums.
     """
-    runs = row_runs(np.asarray(rows, dtype=np.int64))
+    rows = np.asarray(rows, dtype=np.int64)
+    runs = row_runs(rows)
     if not runs:
         return {name: np.empty((0, *arr.shape[1:]), arr.dtype) for name, arr in arrays.items()}
 
@@ -96,19 +345,73 @@ def read_rows_many(arrays: dict[str, zarr.Array], rows: np.ndarray) -> dict[str,
             *(arr._async_array.getitem(slice(a, b)) for arr in arrays.values() for a, b in runs)
         )
 
-    parts = iter(zarr_sync(gather()))
-    return {name: np.concatenate([np.asarray(next(parts)) for _ in runs]) for name in arrays}
+    try:
+        parts = iter(zarr_sync(gather()))
+    except OSError:
+        raise
+    except Exception as e:
+        if owners is None:
+            raise
+        damage = [d for f, (enc, name) in owners.items() for d in enc.scan(name, rows)]
+        if not damage:
+            raise
+        raise StoreDamaged(damage) from e
+    out = {name: np.concatenate([np.asarray(next(parts)) for _ in runs]) for name in arrays}
+    for f, (enc, name) in (owners or {}).items():
+        enc.check_finite(name, rows, out[f])
+    return out
 
 
-def read_rows(arrays: dict[str, zarr.Array], rows: np.ndarray) -> dict[str, np.ndarray]:
+def read_rows(
+    arrays: dict[str, zarr.Array], rows: np.ndarray, owners: Owners | None = None
+) -> dict[str, np.ndarray]:
     """Rows of several arrays in the order given (any order, repeats allowed): read sorted, then put back."""
     rows = np.asarray(rows, dtype=np.int64)
     order = np.argsort(rows, kind="stable")
     out = {}
-    for name, x in read_rows_many(arrays, rows[order]).items():
+    for name, x in read_rows_many(arrays, rows[order], owners).items():
         out[name] = np.empty_like(x)
         out[name][order] = x
     return out
+
+
+def _missing_filesystem(url: str, e: ImportError) -> StoreError:
+    """An fsspec URL whose filesystem package (s3fs, gcsfs, adlfs, ...) is not installed."""
+    from fsspec.registry import known_implementations
+
+    scheme = url.split("://", 1)[0]
+    pkg = e.name or known_implementations.get(scheme, {}).get("class", "").split(".")[0]
+    return StoreError(
+        f"{url}: the {scheme}:// filesystem needs a package that is not installed ({e}): "
+        f"pip install {pkg or 'the fsspec implementation for ' + scheme}"
+    )
+
+
+def _bad_metadata_file(url: str) -> str | None:
+    """The first zarr.json of a local store that is not valid JSON (None for other stores, or if none)."""
+    import os
+
+    root = url.removeprefix("file://")
+    if "://" in root or not os.path.isdir(root):
+        return None
+    for folder, _, files in os.walk(root):
+        if "zarr.json" in files:
+            path = os.path.join(folder, "zarr.json")
+            try:
+                with open(path, "rb") as f:
+                    json.loads(f.read())
+            except (OSError, ValueError):
+                return path
+    return None
+
+
+def _damaged(url: str, e: json.JSONDecodeError) -> StoreError:
+    """A zarr.json that is not JSON (a copy cut short, a full disk in an old zarr version's write)."""
+    where = _bad_metadata_file(url) or f"a zarr.json under {url}"
+    return StoreError(
+        f"{where}: the feature store's metadata is not valid JSON ({e.msg}: line {e.lineno} column "
+        f"{e.colno}): the store is damaged; restore it from a copy, or delete it and extract again"
+    )
 
 
 class FeatureStore:
@@ -122,6 +425,10 @@ class FeatureStore:
             self.root = zarr.open_group(store=self.url, mode=mode, zarr_format=3, **kw)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise StoreError(f"{self.url}: no feature store here") from e
+        except ImportError as e:  # an fsspec URL (s3://...) whose filesystem package is missing
+            raise _missing_filesystem(self.url, e) from e
+        except json.JSONDecodeError as e:
+            raise _damaged(self.url, e) from e
         if mode != "r" and "av2t_store" not in self.root.attrs:
             self.root.attrs["av2t_store"] = STORE_VERSION
 
@@ -131,8 +438,11 @@ class FeatureStore:
     def groups(self) -> list[tuple[str, str]]:
         """(subset, split) of every split group, sorted."""
         out = []
-        for subset, g in self.root.groups():
-            out += [(subset, split) for split, _ in g.groups()]
+        try:
+            for subset, g in self.root.groups():
+                out += [(subset, split) for split, _ in g.groups()]
+        except json.JSONDecodeError as e:
+            raise _damaged(self.url, e) from e
         return sorted(out)
 
     def has_split(self, subset: str, split: str) -> bool:
@@ -175,9 +485,15 @@ def _write_index(grp: zarr.Group, index: SplitIndex) -> None:
     ig = grp.create_group("index")
     n = max(len(index), 1)
     for col, dtype in zip(INDEX_COLUMNS, (str, "int16", str, "bool"), strict=True):
-        arr = ig.create_array(col, shape=(len(index),), dtype=dtype, chunks=(n,))
+        arr = ig.create_array(
+            col,
+            shape=(len(index),),
+            dtype=dtype,
+            chunks=(n,),
+            compressors=_with_checksum([zarr.codecs.ZstdCodec(level=0)]),
+        )
         if len(index):
-            arr[:] = getattr(index, col)
+            arr.with_config(WRITE_ALL_CHUNKS)[:] = getattr(index, col)
 
 
 class SplitGroup:
@@ -200,17 +516,59 @@ class SplitGroup:
 
     @property
     def index(self) -> SplitIndex:
-        """The index table, read once."""
+        """The index table, read once; a damaged one (checksum, decoding, or not its digest) raises StoreDamaged."""
         if self._index is None:
-            ig = self.group["index"]
-            cols = {c: (ig[c][:] if self.n_rows else np.zeros(0, ig[c].dtype)) for c in INDEX_COLUMNS}
-            self._index = SplitIndex(
-                np.asarray(cols["video"], dtype=object),
-                cols["frame"].astype(np.int16),
-                np.asarray(cols["category"], dtype=object),
-                cols["has_mask"].astype(bool),
-            )
+            index, damage = self.read_index()
+            if damage:
+                raise StoreDamaged(damage)
+            self._index = index
         return self._index
+
+    def read_index(self) -> tuple[SplitIndex | None, list[Damage]]:
+        """The index table and its damage: undecodable columns, or rows that are not the recorded digest."""
+        ig = self.group["index"]
+        cols, damage = {}, []
+        for c in INDEX_COLUMNS:
+            if not self.n_rows:
+                cols[c] = np.zeros(0, ig[c].dtype)
+                continue
+            x, bad = read_object(ig[c], 0)
+            cols[c] = x
+            damage += [self._index_damage(f"index/{c}", object_key(ig[c], 0), *_problem(e)) for *_, e in bad]
+        if damage:
+            return None, damage
+        index = SplitIndex(
+            np.asarray(cols["video"], dtype=object),
+            cols["frame"].astype(np.int16),
+            np.asarray(cols["category"], dtype=object),
+            cols["has_mask"].astype(bool),
+        )
+        if index.digest() != self.index_digest:
+            detail = f"the rows hash to {index.digest()}, recorded {self.index_digest}"
+            return None, [self._index_damage("index", f"{ig.store_path.path}/*", INDEX_DIGEST, detail)]
+        return index, []
+
+    def _index_damage(self, array: str, key: str, problem: str, detail: str) -> Damage:
+        encoders = self.encoders()
+        return Damage(
+            self.store.url,
+            self.subset,
+            self.split,
+            "",
+            array,
+            0,
+            self.n_rows,
+            key,
+            problem,
+            detail,
+            tuple(dict.fromkeys(e.name for e in encoders)),
+            encoders[0].extract_options(frames=False) if encoders else (),
+        )
+
+    def index_checksum(self) -> str | None:
+        """crc32c when every index column carries checksums."""
+        sums = {array_checksum(self.group["index"][c]) for c in INDEX_COLUMNS}
+        return CHECKSUM if sums == {CHECKSUM} else None
 
     @property
     def n_blocks(self) -> int:
@@ -225,9 +583,12 @@ class SplitGroup:
 
     def encoders(self) -> list[EncoderGroup]:
         """Every encoder sub-group, sorted by key."""
-        if "encoders" not in self.group:
-            return []
-        return [EncoderGroup(self, g) for _, g in sorted(self.group["encoders"].groups())]
+        try:
+            if "encoders" not in self.group:
+                return []
+            return [EncoderGroup(self, g) for _, g in sorted(self.group["encoders"].groups())]
+        except json.JSONDecodeError as e:
+            raise _damaged(self.store.url, e) from e
 
     def encoder(self, name: str, fingerprint: str | None = None) -> EncoderGroup:
         """Open an encoder's features; with a fingerprint, refuse any other."""
@@ -283,7 +644,14 @@ class SplitGroup:
         g = parent.create_group(key)
         for arr_name, spec in arrays.items():
             _create_feature_array(g, arr_name, spec, self.n_rows, self.block_rows)
-        g.create_array("done", shape=(self.n_rows,), dtype="uint8", chunks=(self.block_rows,), fill_value=0)
+        g.create_array(
+            "done",
+            shape=(self.n_rows,),
+            dtype="uint8",
+            chunks=(self.block_rows,),
+            fill_value=0,
+            compressors=_with_checksum([zarr.codecs.ZstdCodec(level=0)]),
+        )
         g.attrs.update(
             {
                 "name": name,
@@ -309,7 +677,7 @@ def _create_feature_array(g: zarr.Group, name: str, spec: ArraySpec, n_rows: int
         name,
         shape=(n_rows, *spec.shape),
         dtype=spec.dtype,
-        compressors=CODECS[spec.codec](),
+        compressors=_with_checksum(CODECS[spec.codec]()),  # crc32c after the compressor, in every inner chunk
         fill_value=0,
         **kw,
     )
@@ -328,6 +696,8 @@ class EncoderGroup:
         self.specs = {
             k: ArraySpec(tuple(v["shape"]), v["dtype"], v["codec"]) for k, v in self.specs_json.items()
         }
+        self._checksums: dict[str, str | None] = {}
+        self._extract_options: dict[bool, tuple[str, ...]] = {}
 
     @property
     def key(self) -> str:
@@ -343,16 +713,179 @@ class EncoderGroup:
             raise StoreError(
                 f"{self.split.store.url}: {self.key} has no array {name!r} (has {sorted(self.specs)})"
             )
-        return self.group[name]
+        try:
+            return self.group[name]
+        except json.JSONDecodeError as e:
+            raise _damaged(self.split.store.url, e) from e
+
+    def writable(self, name: str) -> zarr.Array:
+        """An array to write: every chunk stored, an all-zero one too (an absent chunk then means lost data)."""
+        return self.array(name).with_config(WRITE_ALL_CHUNKS)
+
+    def checksum(self, name: str) -> str | None:
+        """crc32c for an array (or "done") written with checksums, None for one written before."""
+        if name not in self._checksums:
+            self._checksums[name] = array_checksum(self.group[name])
+        return self._checksums[name]
+
+    def done_record(self) -> np.ndarray:
+        """The completion record as stored (bools): rows marked done, whether or not their chunks are there."""
+        if not self.split.n_rows:
+            return np.zeros(0, bool)
+        try:
+            return self.group["done"][:].astype(bool)
+        except OSError:
+            raise
+        except Exception as e:
+            damage = self.scan("done")
+            if not damage:
+                raise
+            raise StoreDamaged(damage) from e
+
+    def missing(
+        self, names: Iterable[str] | None = None, rows=None, done: np.ndarray | None = None
+    ) -> list[Damage]:
+        """Absent stored objects (shards) of feature arrays holding rows the completion record marks done.
+
+        Such rows would read as zeros. Arrays written with checksums store every chunk of a written block,
+        so an absent one is lost; arrays written before skipped all-zero chunks, so there an absent chunk
+        of a non-float array (GT masks) may be an empty mask and is not counted.
+        """
+        done = self.done_record() if done is None else done
+        out = []
+        for name in self.specs if names is None else names:
+            arr = self.group[name]
+            if self.checksum(name) is None and np.dtype(arr.dtype).kind != "f":
+                continue
+            want = [i for i in objects_of_rows(arr, rows) if done[object_rows(arr, i)].any()]
+            have = stored_objects(arr, want)
+            for i in want:
+                if i not in have:
+                    sl = object_rows(arr, i)
+                    k = int(done[sl].sum())
+                    detail = f"{k} row(s) recorded done would read as zeros"
+                    out.append(self._damage(name, sl.start, sl.stop, object_key(arr, i), MISSING, detail))
+        return out
 
     def done_mask(self) -> np.ndarray:
-        """Per-row completion record as bools."""
-        n = self.split.n_rows
-        return self.group["done"][:].astype(bool) if n else np.zeros(0, bool)
+        """Rows done: marked done in the completion record, and every chunk holding them stored."""
+        done = self.done_record()
+        for d in self.missing(done=done):
+            done[d.start : d.stop] = False
+        return done
 
     def rows_done(self) -> int:
-        """Rows whose features are written."""
+        """Rows whose features are written (and whose chunks are all in the store)."""
         return int(self.done_mask().sum())
+
+    def scan(self, name: str, rows=None, done: np.ndarray | None = None) -> list[Damage]:
+        """Decode every stored object of an array holding these rows (all with None); the damaged ones.
+
+        Checks checksums and decoding, and (float arrays) that the rows marked done are finite. Absent
+        objects read as fill values and are skipped here: `missing` names those of done rows.
+        """
+        arr = self.group[name]
+        objects = objects_of_rows(arr, rows)
+        present = stored_objects(arr, objects)
+        float_rows = np.dtype(arr.dtype).kind == "f" and name != "done"
+        if float_rows and done is None:
+            done = self._done_tolerant()
+        out = []
+        for i in objects:
+            if i not in present:
+                continue
+            x, bad = read_object(arr, i)
+            key = object_key(arr, i)
+            out += [self._damage(name, a, b, key, *_problem(e)) for a, b, e in bad]
+            if x is not None and float_rows:
+                out += self._non_finite(name, object_rows(arr, i), x, done, key)
+        return out
+
+    def _done_tolerant(self) -> np.ndarray:
+        """The completion record with the rows of damaged record chunks taken as not done."""
+        try:
+            return self.done_record()
+        except StoreDamaged:
+            arr, done = self.group["done"], np.zeros(self.split.n_rows, bool)
+            for i in range(n_objects(arr)):
+                x, _ = read_object(arr, i)
+                if x is not None:
+                    done[object_rows(arr, i)] = x.astype(bool)
+            return done
+
+    def _non_finite(self, name: str, sl: slice, x: np.ndarray, done: np.ndarray, key: str) -> list[Damage]:
+        bad = non_finite_rows(x) & done[sl]
+        if not bad.any():
+            return []
+        rows = (np.flatnonzero(bad) + sl.start).tolist()
+        shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+        return [self._damage(name, sl.start, sl.stop, key, NON_FINITE, f"inf/nan in done row(s) {shown}")]
+
+    def check_finite(self, name: str, rows: np.ndarray, x: np.ndarray) -> None:
+        """Refuse non-finite values read from a float array written before checksums (StoreDamaged).
+
+        Arrays with checksums never hold them: writes refuse non-finite features and corruption fails the
+        checksum. Without checksums, a damaged uncompressed chunk reads back as silently changed values.
+        """
+        if np.dtype(x.dtype).kind != "f" or self.checksum(name) is not None or not len(x):
+            return
+        nonfinite = non_finite_rows(x)
+        if not nonfinite.any():
+            return
+        bad = np.asarray(rows, dtype=np.int64)[nonfinite]
+        damage = self.scan(name, bad) or [
+            self._damage(name, int(r), int(r) + 1, self.group[name].store_path.path, NON_FINITE, "inf/nan")
+            for r in np.unique(bad)
+        ]
+        raise StoreDamaged(damage)
+
+    def refuse_missing(self, names: Iterable[str], rows=None) -> None:
+        """Raise StoreDamaged if a chunk holding any of these rows that is marked done is absent."""
+        damage = self.missing(names, rows)
+        if damage:
+            raise StoreDamaged(damage)
+
+    def _damage(self, array: str, start: int, stop: int, key: str, problem: str, detail: str = "") -> Damage:
+        sp = self.split
+        return Damage(
+            sp.store.url,
+            sp.subset,
+            sp.split,
+            self.key,
+            array,
+            int(start),
+            int(stop),
+            key,
+            problem,
+            detail,
+            (self.name,),
+            self.extract_options(),
+        )
+
+    def extract_options(self, frames: bool = True) -> tuple[str, ...]:
+        """`av2t extract` options that remake this encoder's arrays as they are (other than defaults)."""
+        if frames not in self._extract_options:
+            self._extract_options[frames] = self._make_extract_options(frames)
+        return self._extract_options[frames]
+
+    def _make_extract_options(self, frames: bool) -> tuple[str, ...]:
+        opts = []
+        floats = {s.dtype for s in self.specs.values() if np.dtype(s.dtype).kind == "f"}
+        if floats and floats != {"float16"}:
+            opts.append(f"--dtype {sorted(floats)[0]}")
+        codecs = {s.codec for s in self.specs.values()}
+        if codecs and codecs != {"zstd"}:
+            opts.append(f"--codec {sorted(codecs)[0]}")
+        sp = self.split
+        if frames and sp.subset == "s4" and sp.split == "train" and sp.n_rows:
+            try:
+                if (sp.index.frame != 1).any():
+                    opts.append("--frames all")
+            except StoreError:
+                pass
+        if len([e for e in sp.encoders() if e.name == self.name]) > 1:
+            opts.append("--allow-other-fingerprints")
+        return tuple(opts)
 
     def pending_blocks(self) -> list[int]:
         """Blocks with any row not yet written."""
@@ -383,7 +916,7 @@ class EncoderGroup:
                     {str(v) for v in self.split.index.video[sl][~np.isfinite(x).reshape(n, -1).all(1)]}
                 )
                 raise StoreError(f"{self.key}/{name}: non-finite features for video(s) {bad[:5]}")
-            self.group[name][sl] = x.astype(spec.dtype, copy=False)
+            self.writable(name)[sl] = x.astype(spec.dtype, copy=False)
         if ok is None:
             self.group["done"][sl] = 1
         else:
@@ -392,9 +925,9 @@ class EncoderGroup:
             )
 
     def read_block(self, b: int) -> dict[str, np.ndarray]:
-        """All arrays of block b as stored."""
+        """All arrays of block b as stored; damaged or absent chunks of done rows raise StoreDamaged."""
         sl = self.split.block_slice(b)
-        return {name: self.group[name][sl] for name in self.specs}
+        return {name: self.read(name, sl) for name in self.specs}
 
     def record_failures(self, b: int, failures: list[dict[str, Any]]) -> None:
         """Replace block b's failure records (each block has its own object, so writers never share one)."""
@@ -413,11 +946,27 @@ class EncoderGroup:
         return sorted(out, key=lambda f: f["row"])
 
     def read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
-        """Rows of one array, in the order given."""
+        """Rows of one array, in the order given.
+
+        Raises StoreDamaged (naming the chunks and the fix) rather than return what a damaged store holds:
+        a chunk of a done row that is absent, fails its checksum or does not decode (or, written before
+        checksums, holds non-finite values).
+        """
         arr = self.array(name)
+        self.refuse_missing([name], rows)
         if isinstance(rows, slice):
-            return arr[rows]
-        return read_rows({name: arr}, rows)[name]
+            try:
+                x = arr[rows]
+            except OSError:
+                raise
+            except Exception as e:
+                damage = self.scan(name, rows)
+                if not damage:
+                    raise
+                raise StoreDamaged(damage) from e
+            self.check_finite(name, np.arange(arr.shape[0])[rows], x)
+            return x
+        return read_rows({name: arr}, rows, {name: (self, name)})[name]
 
     def dask(self, name: str) -> da.Array:
         """One array as a dask array chunked like the store."""

@@ -9,20 +9,26 @@ torch; only extract, train, demo and serve import Prefect.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from flows import errors
 from flows.options import HelpFormatter, options, values
 from pipeline.settings import (
     DEFAULT_STORE,
     CacheExportOptions,
     CacheImportOptions,
     CacheInfoOptions,
+    CacheVerifyOptions,
     DataCheckOptions,
     DemoSettings,
     EvalConfig,
@@ -38,14 +44,12 @@ from pipeline.settings import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# Errors the pipeline raises for bad input (module, class): reported in one line, exit status 2. Looked up
-# only among loaded modules (an error of a module never imported cannot have been raised).
-USER_ERRORS = (
-    ("pipeline.data.clips", "DataError"),
-    ("cache.store", "StoreError"),
-    ("pipeline.checkpoints", "CheckpointError"),
-)
+# Exit statuses: 0 done, 1 problems found (data check) or an unexpected error (a bug), 2 an ordinary error
+# (bad options or input, a full disk, a missing optional package: one line, flows.errors), 130 Ctrl-C,
+# 143 SIGTERM.
+EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 JSON_FLAG = {"as_json": "--json"}
+DEBUG_HELP = "show the traceback of every error, not just one line (also AV2T_DEBUG=1) (default: off)"
 
 
 def _cmd_synth(o: SynthOptions) -> int:
@@ -72,6 +76,18 @@ def _cmd_cache_info(o: CacheInfoOptions) -> int:
     info = store_info(FeatureStore(o.store, mode="r"))
     print(json.dumps(info, indent=2) if o.as_json else info_text(info))
     return 0
+
+
+def _cmd_cache_verify(o: CacheVerifyOptions) -> int:
+    from cache.store import FeatureStore
+    from cache.verify import repair, verify_store
+
+    store = FeatureStore(o.store, mode="a" if o.repair else "r")
+    report = verify_store(store)
+    if o.repair and not report.ok:
+        report = repair(store, report)
+    print(json.dumps(report.to_json(), indent=2) if o.as_json else report.to_text())
+    return 0 if report.ok else 1  # 1: damage found (with --repair: taken out, to re-extract)
 
 
 def _groups(spec: list[str] | None) -> list[tuple[str, str]] | None:
@@ -105,10 +121,9 @@ def _cmd_cache_import(o: CacheImportOptions) -> int:
 
 
 def _cmd_extract(o: ExtractFlowSettings) -> int:
-    from flows.extract import extract_features
-    from flows.params import flow_kwargs
+    from flows.extract import run
 
-    out = extract_features(**flow_kwargs(extract_features.fn, o))
+    out = run(o)
     for key, s in out["store"].items():
         print(
             f"{key}: {s['rows_done']}/{s['rows_total']} rows"
@@ -120,10 +135,9 @@ def _cmd_extract(o: ExtractFlowSettings) -> int:
 
 
 def _cmd_train(o: TrainFlowSettings) -> int:
-    from flows.params import flow_kwargs
-    from flows.train import train_head
+    from flows.train import run
 
-    rows = train_head(**flow_kwargs(train_head.fn, o))
+    rows = run(o)
     import pandas as pd
 
     print(pd.DataFrame(rows).drop(columns=["checkpoint"]).to_string(index=False))
@@ -140,6 +154,7 @@ def _cmd_score(o: ScoreOptions) -> int:
     else:
         counts = f"{r['frames']} frames, {r['videos']} videos"
         print(f"M_J {r['M_J']:.4f}  M_F {r['M_F']:.4f}  ({r['batching']}; {counts})")
+        print(f"masks read as: {r['convention']}")
     return 0
 
 
@@ -204,7 +219,8 @@ def _command(
     p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
     if model is not None:
         options(p, model, **opts)
-    p.set_defaults(run=run, model=model)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    p.set_defaults(run=run, model=model, parser=p)
     return p
 
 
@@ -216,8 +232,13 @@ def _group(sub: Any, name: str, help_: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(
-        prog="av2t", description="AV2T-SAM audio-visual segmentation pipeline", formatter_class=HelpFormatter
+        prog="av2t",
+        description="AV2T-SAM audio-visual segmentation pipeline",
+        formatter_class=HelpFormatter,
+        epilog="exit status: 0 done, 1 problems found or an unexpected error, 2 an error (one line), "
+        "130 interrupted, 143 terminated (see README, Errors)",
     )
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subset = {"required": ["subset"]}  # the commands ask for the subset rather than assume s4
 
@@ -238,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
         "groups, encoders, fingerprints, rows done, bytes, compression",
         _cmd_cache_info,
         CacheInfoOptions,
+        positional=["store"],
+        flags=JSON_FLAG,
+    )
+    _command(
+        cache,
+        "verify",
+        "read every chunk; name damaged or missing ones (exit 1); --repair marks their rows for re-extraction",
+        _cmd_cache_verify,
+        CacheVerifyOptions,
         positional=["store"],
         flags=JSON_FLAG,
     )
@@ -321,28 +351,89 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _user_error(e: BaseException) -> bool:
-    for module, name in USER_ERRORS:
-        m = sys.modules.get(module)
-        if m is not None and isinstance(e, getattr(m, name)):
-            return True
-    return False
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every `finally` and context manager runs (the temporary
+    Prefect server stops, partial files are removed); a second SIGTERM ends the process at once."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _option_name(parser: argparse.ArgumentParser | None) -> Callable[[str], str]:
+    """Field name -> the option that sets it (`--epochs`, `--sweep`, `STORE`)."""
+    actions = {a.dest: a for a in parser._actions} if parser is not None else {}
+
+    def name(field: str) -> str:
+        a = actions.get(field)
+        if a is None:
+            return field
+        return a.option_strings[0] if a.option_strings else (a.metavar or a.dest.upper())
+
+    return name
+
+
+def _error(message: str) -> int:
+    print(f"av2t: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
+    model = args.model
+    try:
+        o = None if model is None else model.model_validate(values(args, model))
+    except ValidationError as e:
+        if errors.debug():
+            traceback.print_exc()
+        return _error(errors.validation_line(e, _option_name(getattr(args, "parser", None))))
+    return int(args.run(o) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `av2t` console script."""
+    """Entry point of the `av2t` console script: every ordinary error is one line and exit status 2."""
     args = build_parser().parse_args(argv)
+    debug_before = errors.set_debug(args.debug or errors.debug())
     try:
-        o = None if args.model is None else args.model.model_validate(values(args, args.model))
-        return int(args.run(o) or 0)
-    except ValidationError as e:
-        print(f"av2t: error: {e}", file=sys.stderr)
-        return 2
+        with _sigterm_raises():
+            return _run(args)
+    except Terminated:
+        print("av2t: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print("av2t: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as e:
+        if isinstance(e.code, str):  # raise SystemExit("message"): an ordinary error too
+            return _error(e.code)
+        raise
     except Exception as e:
-        if not _user_error(e):
-            raise
-        print(f"av2t: error: {e}", file=sys.stderr)
-        return 2
+        line = errors.one_line(e)
+        if line is None:
+            traceback.print_exc()
+            print(
+                f"av2t: unexpected error ({type(e).__name__}), probably a bug: please report it with the "
+                "traceback above (and the output of the command re-run with --debug)",
+                file=sys.stderr,
+            )
+            return EXIT_BUG
+        if errors.debug():
+            traceback.print_exc()
+        return _error(line)
+    finally:
+        errors.set_debug(debug_before)
 
 
 if __name__ == "__main__":

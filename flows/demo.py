@@ -13,6 +13,7 @@ from prefect import flow
 from flows.evaluate import evaluate
 from flows.extract import extract_features
 from flows.params import model_params, settings
+from flows.prefect_runtime import run_flow
 from flows.train import train_head
 from pipeline.data.synth import write_synthetic
 from pipeline.settings import DemoSettings
@@ -69,7 +70,7 @@ def demo(**params: Any) -> list[dict]:
 def main(s: DemoSettings | None = None) -> None:
     """Run the demo flow; print the table and where the reports are."""
     t = time.perf_counter()
-    rows = demo(**(s or DemoSettings()).model_dump())
+    rows = run_flow("the demo", lambda: demo(**(s or DemoSettings()).model_dump()))
     df = pd.DataFrame(rows)
     print("\nAV2T-SAM demo (synthetic AVSBench, tiny preset, random-weight encoders; end-to-end test split;")
     print("M_F with one video per batch, as the AV2T test):\n")

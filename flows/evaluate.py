@@ -11,6 +11,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.params import model_params, settings
+from pipeline.checkpoints import CheckpointError
+from pipeline.files import write_text
+from pipeline.model.head_checkpoint import read_head
 from pipeline.settings import EvalFlowSettings
 from stages.evaluate import evaluate as run_evaluation
 
@@ -18,20 +21,54 @@ from stages.evaluate import evaluate as run_evaluation
 LEGACY_COMPARED = ("M_J", "M_F", "M_F_batch_free")
 
 
-def newest_checkpoint(checkpoints: str) -> Path:
-    """The most recently written best.pt under a folder (the newest trained head)."""
-    found = sorted(Path(checkpoints).rglob("best.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"{checkpoints}: no best.pt under this folder; train a head first")
-    return found[-1]
+def newest_checkpoint(checkpoints: str | Path, subset: str) -> Path:
+    """The most recently written best.pt under a folder among the heads trained on `subset`."""
+    found = sorted(Path(checkpoints).rglob("best.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    others: dict[str, int] = {}
+    for path in found:
+        try:
+            trained = read_head(path).subset
+        except CheckpointError:
+            continue  # not a head checkpoint of ours: not a candidate
+        if trained == subset:
+            return path
+        others[str(trained)] = others.get(str(trained), 0) + 1
+    held = ", ".join(f"{n} for {k}" for k, n in sorted(others.items())) or "none"
+    raise FileNotFoundError(
+        f"{checkpoints}: no best.pt of a head trained on {subset} under this folder (heads found: {held}); "
+        f"train one (av2t train --subset {subset}) or pass checkpoint"
+    )
 
 
-def previous_report(reports: Path, before: Path) -> dict[str, Any] | None:
-    """The latest report.json under reports/ other than the one just written."""
+def report_key(report: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two reports comparable: the same subset, split and mode."""
+    return report.get("subset"), report.get("split"), report.get("mode")
+
+
+def previous_report(reports: Path, now: dict[str, Any], before: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The latest report.json under reports/ of the same subset, split and mode, other than the new one."""
     found = sorted(
         (p for p in reports.glob("*/report.json") if p.parent != before), key=lambda p: p.parent.name
     )
-    return json.loads(found[-1].read_text()) if found else None
+    for path in reversed(found):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # an unreadable report is no reference
+        if report_key(report) == report_key(now):
+            return path, report
+    return None
+
+
+def what_changed(now: dict[str, Any], prev: dict[str, Any] | None) -> str:
+    """'new head', 'new data', both, or 'same head, same data' (then only the code or the machine changed)."""
+    if prev is None:
+        return "no previous report"
+    head = now["model"].get("head_digest") != prev.get("model", {}).get("head_digest")
+    data = now["data"].get("clips_digest") != prev.get("data", {}).get("clips_digest")
+    data = data or now.get("store_features") != prev.get("store_features")
+    changes = [w for w, c in (("new head", head), ("new data", data)) if c]
+    return " and ".join(changes) or "same head, same data (a change is the code's or the machine's)"
 
 
 def compared_scores(report: dict[str, Any]) -> list[str]:
@@ -95,16 +132,25 @@ def evaluate(**params: Any) -> dict[str, Any]:
     log = get_run_logger()
     s = settings(EvalFlowSettings, params)
     subset, split, reports, tolerance = s.subset, s.split, s.reports, s.tolerance
-    ck = s.checkpoint or newest_checkpoint(s.checkpoints)
+    ck = s.checkpoint or newest_checkpoint(s.checkpoints, subset)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     out = Path(reports) / f"{stamp}-{subset}-{split}"
     cfg = s.stage(ck, out)
     report = run_evaluation(cfg)
-    rows = compare(report, previous_report(Path(reports), out), tolerance)
-    (out / "comparison.json").write_text(json.dumps(rows, indent=2))
+    found = previous_report(Path(reports), report, out)
+    prev_path, prev = found if found else (None, None)
+    rows = compare(report, prev, tolerance)
+    change = what_changed(report, prev)
+    comparison = {"previous": str(prev_path) if prev_path else None, "change": change, "tolerance": tolerance}
+    write_text(out / "comparison.json", json.dumps({**comparison, "rows": rows}, indent=2) + "\n")
     publish(report, rows, key=f"evaluate-{subset}-{split}")
+    log.info(
+        f"compared with {prev_path or 'nothing (first report of this subset, split and mode)'}: {change}"
+    )
+    for w in report.get("warnings", []):
+        log.warning(w)
     for r in rows:
         log.info(f"{r['metric']}: {r['now']} (previous {r['previous']}, delta {r['delta']})")
     if any(r["regression"] for r in rows):
         log.warning(f"regression against the previous report under {reports}")
-    return {"report": str(out / "report.json"), "comparison": rows}
+    return {"report": str(out / "report.json"), "comparison": rows, **comparison}

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 
-from flows.params import model_params, settings
+from flows.params import flow_kwargs, model_params, settings
+from flows.prefect_runtime import run_flow
 from flows.runners import make_runner
 from pipeline.settings import ExtractConfig, ExtractFlowSettings
-from stages.extract import Shard, extract_shard, prepare, summarize
+from stages.extract import Shard, extract, extract_shard, prepare, summarize
 
 
 @task(
@@ -55,3 +57,17 @@ def extract_features(**params: Any) -> dict[str, Any]:
     summary = summarize(cfg)
     log.info(f"store {cfg.store}: {summary}")
     return {"computed": sum(r["computed"] for r in results), "failures": failures, "store": summary}
+
+
+def run(s: ExtractFlowSettings) -> dict[str, Any]:
+    """`av2t extract`: the flow (a temporary Prefect server if none is set), or, when no server can start
+    and the runner is `threads`, the extract stage in this process; the flow's result either way."""
+
+    def direct() -> dict[str, Any]:
+        cfg = s.stage()
+        out = extract(cfg, progress=sys.stderr.isatty())
+        return {"computed": out["computed"], "failures": out["failures"], "store": summarize(cfg)}
+
+    # Dask workers report to Prefect: without a server only the threads runner can run (here, in order).
+    fallback = direct if s.task_runner == "threads" else None
+    return run_flow("extract", lambda: extract_features(**flow_kwargs(extract_features.fn, s)), fallback)

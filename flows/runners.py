@@ -13,7 +13,10 @@ def make_runner(r: RunnerSettings) -> Any:
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=r.workers)
-    from prefect_dask import DaskTaskRunner
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as e:  # an optional package: `av2t` names it and the pip command
+        raise ImportError(f"task_runner='dask' needs prefect-dask and distributed: {e}", name=e.name) from e
 
     if r.dask_address:
         return DaskTaskRunner(address=r.dask_address)

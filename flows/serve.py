@@ -7,6 +7,7 @@ from prefect.schedules import Cron
 
 from flows.evaluate import evaluate
 from flows.extract import extract_features
+from flows.prefect_runtime import ServerError, api_url
 from flows.train import train_head
 
 NIGHTLY_CRON = "0 3 * * *"
@@ -28,7 +29,12 @@ def deployments() -> list:
 
 
 def main() -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted (on the server at PREFECT_API_URL: a temporary one would die with us)."""
+    if not api_url():
+        raise ServerError(
+            "serving needs a running Prefect server: start one (`prefect server start`) and set "
+            "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)"
+        )
     serve(*deployments())
 
 

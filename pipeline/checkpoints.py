@@ -97,10 +97,11 @@ def read_key_listing(path: str | Path) -> list[tuple[str, tuple[int, ...], torch
     return rows
 
 
-def state_digest(module: nn.Module) -> str:
-    """sha256 (16 hex) over the module's state: names, shapes, dtypes and bytes."""
+def state_digest(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """sha256 (16 hex) over a module's state (or a state dict): names, shapes, dtypes and bytes."""
     h = hashlib.sha256()
-    for k, v in module.state_dict().items():
+    state = module.state_dict() if isinstance(module, nn.Module) else module
+    for k, v in state.items():
         t = v.detach().cpu().contiguous()
         h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too

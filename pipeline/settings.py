@@ -99,9 +99,11 @@ class TrainConfig(BaseModel):
     out: Path = Field(Path("runs/train"), description="folder for best.pt, last.pt, metrics.csv, curves.png")
     resume: bool = Field(True, description="continue from out/last.pt when it is there")
     threads: int = Field(0, ge=0, description="torch threads (0: leave as is)")
-    max_steps: int | None = Field(None, description="stop each epoch after this many steps (benchmarks)")
+    max_steps: int | None = Field(
+        None, ge=1, description="stop each epoch after this many steps (benchmarks)"
+    )
     stop_after: int | None = Field(
-        None, description="leave after this many epochs of this invocation (resume later)"
+        None, ge=1, description="leave after this many epochs of this invocation (resume later)"
     )
     progress: bool = Field(True, description="show a progress bar and per-epoch lines")
 
@@ -137,6 +139,9 @@ class EvalConfig(BaseModel):
     threads: int = Field(0, ge=0, description="torch threads (0: leave as is)")
     save_masks: bool = Field(False, description="write predicted probabilities as PNG under out/masks")
     overlays: int = Field(3, ge=0, description="overlay PNGs of this many best and worst videos")
+    allow_other_subset: bool = Field(
+        False, description="score a head trained on another subset (refused otherwise; the report warns)"
+    )
     progress: bool = Field(True, description="show a progress bar")
 
     @model_validator(mode="after")
@@ -176,14 +181,20 @@ class ExtractFlowSettings(RunnerSettings, ExtractConfig):
         return ExtractConfig.model_validate(self.model_dump(include=set(ExtractConfig.model_fields)))
 
 
-# Each optimiser setting as an optional override of the preset's train.json.
+def _bounds(f: Any) -> dict[str, Any]:
+    """A field's numeric bounds (ge, gt, le, lt) as Field keywords."""
+    return {k: getattr(m, k) for m in f.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+
+
+# Each optimiser setting as an optional override of the preset's train.json, its constraints (ge=1, gt=0)
+# kept: `--epochs 0` is refused when the options are read, not deep inside the flow.
 OptimOverrides: type[BaseModel] = create_model(
     "OptimOverrides",
     __config__=ConfigDict(extra="forbid"),
     **{
         name: (
             f.annotation | None,
-            Field(None, description=f"{f.description} (default: the preset's train.json)"),
+            Field(None, description=f"{f.description} (default: the preset's train.json)", **_bounds(f)),
         )
         for name, f in OptimConfig.model_fields.items()
     },
@@ -242,8 +253,8 @@ class DemoSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     out: Path = Field(Path("runs/demo"), description="folder for the data, stores, heads and reports")
-    s4_videos: int = Field(80, description="synthetic S4 videos (S4 trains on frame 1 only, so more)")
-    ms3_videos: int = Field(24, description="synthetic MS3 videos")
+    s4_videos: int = Field(80, ge=3, description="synthetic S4 videos (S4 trains on frame 1 only, so more)")
+    ms3_videos: int = Field(24, ge=3, description="synthetic MS3 videos")
     epochs: int = Field(15, ge=1, description="training epochs per subset")
     seed: int = Field(0, ge=0, description="seed of the synthetic data")
 
@@ -260,7 +271,7 @@ class SynthOptions(_Options):
 
     out: Path = Field(description="AVSBench root to write")
     subset: SubsetName = Field(description="AVSBench subset to write")
-    videos: int = Field(24, description="total videos, split ~70/15/15")
+    videos: int = Field(24, ge=3, description="total videos, split ~70/15/15 (at least one per split)")
     seed: int = Field(0, ge=0, description="seed (the same seed writes byte-identical files)")
 
 
@@ -278,6 +289,17 @@ class CacheInfoOptions(_Options):
 
     store: str = Field(description="feature store path or fsspec URL")
     as_json: bool = Field(False, description="print one JSON object")
+
+
+class CacheVerifyOptions(_Options):
+    """av2t cache verify."""
+
+    store: str = Field(description="feature store path or fsspec URL")
+    as_json: bool = Field(False, description="print one JSON object")
+    repair: bool = Field(
+        False,
+        description="delete the damaged blocks' chunks and mark their rows not done, for `av2t extract` to redo",
+    )
 
 
 class CacheExportOptions(_Options):

@@ -15,6 +15,7 @@ would lose the soft scores M_F needs).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ import torch
 
 from cache import FeatureStore, FingerprintMismatch, StoreError, fingerprint
 from cache.batches import FeatureBatches, sources, video_outputs
+from pipeline.checkpoints import CheckpointError
 from pipeline.data.clips import DataError, read_clips
 from pipeline.encoders.registry import get_encoder, resolve_device
 from pipeline.evaluation import VideoOutput, build_evaluators, summarize, variants_of
@@ -40,6 +42,7 @@ from pipeline.settings import EvalConfig
 FEATURE_ENCODERS = ("clip", "clap", "sam2", "beit3")
 
 __all__ = ["EvalConfig", "evaluate", "swap_order"]
+log = logging.getLogger("av2t.evaluate")
 
 
 def check_store_features(cfg: EvalConfig, ck: HeadCheckpoint) -> None:
@@ -63,8 +66,8 @@ def check_store_features(cfg: EvalConfig, ck: HeadCheckpoint) -> None:
 
 def cached_outputs(
     cfg: EvalConfig, ck: HeadCheckpoint, device: torch.device, variants: tuple[str, ...]
-) -> tuple[list[str], Iterator[VideoOutput]]:
-    """The split's videos and their outputs from the feature store (annotated rows, GT from the store)."""
+) -> tuple[list[str], Iterator[VideoOutput], dict[str, str]]:
+    """The split's videos, their outputs from the store (annotated rows, GT from it), the features' fingerprints."""
     check_store_features(cfg, ck)
     frozen = frozen_encoders(ck.head, ck.preset, cfg.weights_dir, device)
     group = FeatureStore(cfg.store, mode="r").split(cfg.subset, cfg.split)
@@ -97,7 +100,7 @@ def cached_outputs(
         for v in video_outputs(ds, index, forward, device):
             yield VideoOutput(v.video, v.category, v.frames, v.fields["mask"], v.fields["logits"])
 
-    return index.videos(), outputs()
+    return index.videos(), outputs(), {n: g.fingerprint for n, g in groups.items() if n != "gt"}
 
 
 def replaced_audio(
@@ -139,6 +142,17 @@ def end_to_end_model(cfg: EvalConfig, ck: HeadCheckpoint, device: torch.device) 
     return model.eval(), encs
 
 
+def check_subset(cfg: EvalConfig, ck: HeadCheckpoint) -> list[str]:
+    """A head trained on another subset is refused, or (allow_other_subset) scored with a warning."""
+    if ck.subset is None or ck.subset == cfg.subset:
+        return []
+    msg = f"{ck.path} was trained on {ck.subset}, and is scored here on {cfg.subset}"
+    if not cfg.allow_other_subset:
+        raise CheckpointError(f"{msg}: refused; pass --allow-other-subset to score it anyway")
+    log.warning(msg)
+    return [msg]
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score the checkpoint's head on the split; write the report files under cfg.out; return the report."""
     from tqdm import tqdm
@@ -147,14 +161,16 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ck = read_head(cfg.checkpoint)
+    warnings = check_subset(cfg, ck)
     device = resolve_device(cfg.device)
     evaluators = build_evaluators(extra=("vision_bias",) if cfg.vision_bias else ())
     variants = variants_of(evaluators)
     clips = read_clips(cfg.root, cfg.subset, cfg.split)
     if not clips:
         raise DataError(f"{cfg.root}: no {cfg.subset} clips in split {cfg.split!r}")
+    store_features = None
     if cfg.mode == "cached":
-        videos, outputs = cached_outputs(cfg, ck, device, variants)
+        videos, outputs, store_features = cached_outputs(cfg, ck, device, variants)
         if videos != [c.id for c in clips]:
             raise StoreError(
                 f"{cfg.store}: {cfg.subset}/{cfg.split} holds {len(videos)} videos that are not the "
@@ -179,6 +195,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "checkpoint": str(cfg.checkpoint),
         "model": {
             "preset": ck.preset,
+            "head_digest": ck.digest(),
             "trained_subset": ck.subset,
             "epoch": ck.data.get("epoch"),
             "head": ck.data["head"],
@@ -186,6 +203,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             "features": ck.features,
         },
         "data": {"root": str(cfg.root), "clips_digest": clips_digest(videos)},
+        "store_features": store_features,
+        "warnings": warnings,
         "store": cfg.store if cfg.mode == "cached" else None,
         "device": str(device),
         "evaluators": [e.name for e in evaluators],

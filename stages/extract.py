@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache import ArraySpec, EncoderGroup, FeatureStore, SplitIndex, fingerprint
+from cache import ArraySpec, EncoderGroup, FeatureStore, SplitIndex, StoreError, fingerprint
 from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
 from pipeline.data.images import load_frame, load_mask
@@ -42,12 +42,29 @@ def split_index(cfg: ExtractConfig, split: str) -> tuple[list[Clip], SplitIndex]
     return clips, SplitIndex.from_clips(clips, cfg.frames)
 
 
+def check_store_target(url: str) -> None:
+    """A local --store must be a feature store, a missing path or an empty folder: never anything else."""
+    if "://" in url:
+        return  # remote stores: the store itself refuses what it cannot open
+    path = Path(url)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path}: is a file, not a feature store; choose another --store")
+    if path.is_dir() and not (path / "zarr.json").is_file() and any(path.iterdir()):
+        raise StoreError(
+            f"{path}: is a non-empty folder that is not a feature store; refused, so that nothing in it is "
+            "mixed with features: choose a new or empty folder for --store"
+        )
+
+
 def prepare(cfg: ExtractConfig, blocks_per_shard: int = 4) -> list[Shard]:
     """Create the groups and encoder sub-groups (once, before any writer), and list the pending work."""
+    check_store_target(cfg.store)
+    indexes = {
+        split: split_index(cfg, split)[1] for split in cfg.splits
+    }  # bad data: refused before any write
     store = FeatureStore(cfg.store)
     shards = []
-    for split in cfg.splits:
-        _, index = split_index(cfg, split)
+    for split, index in indexes.items():
         group = store.require_split(cfg.subset, split, index, cfg.block_rows)
         for name in cfg.encoders:
             enc = cfg_encoder(cfg, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,54 @@ from cache import EncoderGroup, FeatureStore, StoreError, fingerprint
 from cache.batches import FeatureBatches, Source, prefetch, sources, to_device, video_outputs
 from pipeline.encoders.registry import resolve_device
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
+from pipeline.files import save_torch, write_atomic, write_text
 from pipeline.model import AV2TSAM, HeadConfig, head_config, segmentation_loss
 from pipeline.model.build import build_model, frozen_encoders, sam2_overrides
-from pipeline.model.head_checkpoint import head_payload, save_atomic, save_head
+from pipeline.model.head_checkpoint import head_payload, save_head
 from pipeline.settings import OptimConfig, TrainConfig
 
 FEATURES = ("clip", "clap", "sam2", "beit3", "gt")
+
+
+class TrainingDiverged(RuntimeError):
+    """Training met a non-finite loss, output or weight; nothing was saved from that state."""
+
+
+def nonfinite_rows(batch: dict[str, torch.Tensor], rows: np.ndarray, index) -> list[str]:
+    """The rows of a batch with a non-finite value in any feature, as 'video frame k (row r)'."""
+    bad = torch.zeros(len(rows), dtype=torch.bool)
+    for k, v in batch.items():
+        if k != "row" and v.is_floating_point():
+            bad |= ~torch.isfinite(v.flatten(1)).all(1).cpu()
+    return [f"{index.video[r]} frame {int(index.frame[r])} (row {int(r)})" for r in rows[bad.numpy()]]
+
+
+def diverged(
+    what: str, batch: dict[str, torch.Tensor], rows: np.ndarray, index, cfg: TrainConfig
+) -> TrainingDiverged:
+    """The error for a non-finite value at `what`, naming the rows whose features are not finite, if any."""
+    found = nonfinite_rows(batch, rows, index)
+    if found:
+        cause = (
+            f"non-finite features in {len(found)} row(s): {', '.join(found[:5])}"
+            f"{' ...' if len(found) > 5 else ''}; check the store with `av2t cache verify {cfg.store}`"
+        )
+    else:
+        cause = "the features are finite: training diverged (lower the learning rate, e.g. --lr)"
+    return TrainingDiverged(
+        f"{what} is not finite; {cause}. No checkpoint was written from this state "
+        f"(last.pt / best.pt under {cfg.out} hold the last good epoch, if any)"
+    )
+
+
+def check_finite_weights(run: HeadRun, where: str) -> None:
+    """Refuse to go on (and to save) with non-finite trainable weights."""
+    bad = [k for k, v in run.model.trainable_state_dict().items() if not torch.isfinite(v).all()]
+    if bad:
+        raise TrainingDiverged(
+            f"{run.name}: {where}: {len(bad)} trainable tensor(s) hold non-finite values ({', '.join(bad[:3])}); "
+            "training diverged (lower the learning rate, e.g. --lr); nothing was saved from this state"
+        )
 
 
 @dataclass
@@ -114,6 +157,8 @@ def validate(
         for i, run in enumerate(runs):
             run.model.eval()
             out = run.model.forward_cached(batch)
+            if not torch.isfinite(out["logits"]).all():
+                raise diverged(f"{run.name}: validation ({cfg.val_split}) output", batch, rows, index, cfg)
             losses[i].append(float(segmentation_loss(out, batch["mask"], run.head)["loss"]))
             logits[str(i)] = out["logits"].cpu()
         return {"logits": logits}
@@ -156,7 +201,7 @@ def save_checkpoints(
         "seconds": run.seconds,
         "torch_rng": torch.get_rng_state(),
     }
-    save_atomic(last, out / "last.pt")
+    save_torch(last, out / "last.pt")
 
 
 def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
@@ -164,26 +209,50 @@ def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
     path = out / "last.pt"
     if not path.is_file():
         return 0
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if ck.get("head") != run.head.model_dump(mode="json"):
-        raise StoreError(f"{path}: was trained with another head config; use another --out or --no-resume")
-    if ck.get("optim") != optim.model_dump():
-        raise StoreError(
-            f"{path}: was trained with optimiser {ck.get('optim')}, not {optim.model_dump()}; "
-            "the schedule would not match: use another --out or --no-resume"
+    from pipeline.checkpoints import CheckpointError
+
+    fix = "start afresh with --no-resume (it will be overwritten), or train into another --out"
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # garbage, truncated, or a pickle of other objects: no common base class
+        text = str(e).strip()
+        cause = (
+            "not a torch file of tensors and plain values"
+            if text.startswith("Weights only load failed")
+            else (text.splitlines()[0][:160] if text else type(e).__name__)
         )
-    run.model.load_trainable_state_dict(ck["trainable"])
-    run.opt.load_state_dict(ck["optimizer"])
-    run.sched.load_state_dict(ck["scheduler"])
-    run.best_mj, run.history, run.seconds = ck["best_mj"], list(ck["history"]), ck["seconds"]
-    torch.set_rng_state(ck["torch_rng"])
-    return int(ck["epoch"]) + 1
+        raise CheckpointError(f"{path}: cannot be read as a training checkpoint ({cause}); {fix}") from e
+    keys = ("head", "optim", "trainable", "optimizer", "scheduler", "best_mj", "history", "seconds", "epoch")
+    missing = [k for k in (*keys, "torch_rng") if k not in ck] if isinstance(ck, dict) else None
+    if missing is None or missing:
+        gone = ", ".join(missing[:4]) + (", ..." if len(missing or ()) > 4 else "") if missing else ""
+        what = f"a {type(ck).__name__}" if missing is None else f"a checkpoint without {gone}"
+        raise CheckpointError(f"{path}: not a last.pt of the train stage ({what}: a best.pt?); {fix}")
+    if ck["head"] != run.head.model_dump(mode="json"):
+        raise StoreError(f"{path}: was trained with another head config; {fix}")
+    if ck["optim"] != optim.model_dump():
+        raise StoreError(
+            f"{path}: was trained with optimiser {ck['optim']}, not {optim.model_dump()}; "
+            f"the schedule would not match: {fix}"
+        )
+    try:
+        run.model.load_trainable_state_dict(ck["trainable"], source=path)
+        run.opt.load_state_dict(ck["optimizer"])
+        run.sched.load_state_dict(ck["scheduler"])
+        run.best_mj, run.history, run.seconds = ck["best_mj"], list(ck["history"]), ck["seconds"]
+        torch.set_rng_state(ck["torch_rng"])
+        return int(ck["epoch"]) + 1
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; {fix}") from e
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: does not fit this run ({cause}); {fix}") from e
 
 
 def write_log(run: HeadRun, out: Path) -> None:
     """metrics.csv and a loss / M_J curve PNG."""
     df = pd.DataFrame(run.history)
-    df.to_csv(out / "metrics.csv", index=False)
+    write_text(out / "metrics.csv", df.to_csv(index=False))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,7 +268,7 @@ def write_log(run: HeadRun, out: Path) -> None:
     ax[1].set(xlabel="epoch", ylim=(0, 1), title="validation")
     ax[1].legend()
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=90)
+    write_atomic(out / "curves.png", lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -246,11 +315,15 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
         bar = tqdm(
             total=steps, desc=f"epoch {epoch + 1}/{optim.epochs}", disable=not cfg.progress, leave=False
         )
-        for raw in prefetch(train_ds, epoch, cfg.max_steps):
+        for step, raw in enumerate(prefetch(train_ds, epoch, cfg.max_steps)):
             batch = to_device(raw, device)
             for i, run in enumerate(runs):
                 if len(run.history) <= epoch:  # a resumed head may already be past this epoch
-                    losses[i].append(train_step(run, batch))
+                    loss = train_step(run, batch)
+                    if not math.isfinite(loss):
+                        what = f"{run.name}: epoch {epoch + 1}, step {step + 1}: the loss ({loss})"
+                        raise diverged(what, batch, raw["row"].numpy(), train_feats.index, cfg)
+                    losses[i].append(loss)
             bar.update()
         bar.close()
         todo = [i for i, r in enumerate(runs) if len(r.history) <= epoch]
@@ -264,6 +337,7 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
                 "lr": run.sched.get_last_lr()[0],
                 "seconds": round(run.seconds, 2),
             }
+            check_finite_weights(run, f"epoch {epoch + 1}")
             run.history.append(metrics)
             save_checkpoints(run, cfg, train_feats, outs[run.name], epoch, metrics)
             write_log(run, outs[run.name])
@@ -303,22 +377,43 @@ def train(cfg: TrainConfig) -> pd.DataFrame:
 
 def load_sweep(path: str | Path, preset: str = "tiny") -> dict[str, HeadConfig]:
     """A sweep file: JSON {name: HeadConfig fields} (or a list of {"name": ..., **fields}) over the preset's head."""
+    from pipeline.data.clips import DataError  # an input file's error, naming the file (a ValueError)
+
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read sweep file: {e}") from e
-    items = raw.items() if isinstance(raw, dict) else ((d.pop("name"), d) for d in raw)
-    try:
-        return {str(name): head_config(preset, **fields) for name, fields in items}
-    except Exception as e:  # pydantic's ValidationError says which field
-        raise ValueError(f"{path}: invalid head config: {e}") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the sweep file: {e.strerror or e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"{e.msg}: line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
+        raise DataError(f"{path}: the sweep file is not valid JSON: {where}") from e
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list) and all(isinstance(d, dict) and "name" in d for d in raw):
+        items = [(d["name"], {k: v for k, v in d.items() if k != "name"}) for d in raw]
+    else:
+        raise DataError(
+            f'{path}: a sweep file holds {{name: head fields}} or a list of {{"name": ..., head fields}}'
+        )
+    if not items:
+        raise DataError(f"{path}: the sweep file names no head")
+    heads = {}
+    for name, fields in items:
+        if not isinstance(fields, dict):
+            raise DataError(f"{path}: head {name!r}: expected an object of head fields, got {fields!r}")
+        try:
+            heads[str(name)] = head_config(preset, **fields)
+        except (ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
+            errs = e.errors(include_url=False) if hasattr(e, "errors") else None
+            why = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in errs) if errs else e
+            raise DataError(f"{path}: head {name!r}: invalid head config: {why}") from e
+    return heads
 
 
 def sweep(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
     """Train several heads in one pass and write comparison.csv / comparison.md under cfg.out."""
     table = fit(cfg, heads)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(cfg.out / "comparison.csv", index=False)
-    (cfg.out / "comparison.md").write_text(table.to_markdown(index=False) + "\n")
+    write_text(cfg.out / "comparison.csv", table.to_csv(index=False))
+    write_text(cfg.out / "comparison.md", table.to_markdown(index=False) + "\n")
     return table

@@ -113,3 +113,8 @@ def test_bad_wavs_name_the_file(tmp_path):
         load_segments(empty, 16_000)
     with pytest.raises(DataError, match="garbage.wav: unreadable"):
         load_segments(garbage, 16_000)
+    nan = tmp_path / "nan.wav"
+    sf.write(nan, np.array([0.1, np.nan, 0.2], np.float32), 16_000, subtype="FLOAT")
+    for resampler in ("polyphase", "sinc_hann"):  # refused before any resampling could smear it
+        with pytest.raises(DataError, match="nan.wav: 1 sample is NaN or infinite"):
+            load_segments(nan, 48_000, resampler=resampler)

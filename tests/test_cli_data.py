@@ -17,8 +17,10 @@ def test_synthetic_trees_pass_data_check(tmp_path, capsys):
     assert s4["problems"] == []
     assert s4["splits"]["train"] == {"videos": 6, "frames": 30, "annotated_frames": 6}
     assert s4["splits"]["val"]["annotated_frames"] == 5 * s4["splits"]["val"]["videos"]
+    assert s4["masks"]["train"] == {"0/255 grayscale (L)": 6} and s4["notes"] == []
     assert cli(["data", "check", "--root", str(root), "--subset", "ms3"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("OK")
+    text = capsys.readouterr().out
+    assert text.rstrip().endswith("OK") and "masks train: 0/255 grayscale (L) " in text
 
 
 def test_data_check_fails_on_a_broken_tree(tmp_path, capsys):

@@ -55,6 +55,7 @@ def test_every_command_is_there():
         "synth",
         "data check",
         "cache info",
+        "cache verify",
         "cache export",
         "cache import",
         "extract",

@@ -233,10 +233,12 @@ def test_to_json_schema(tmp_path: Path) -> None:
     layout.audio_path(tmp_path, "s4", "train", S4_CLEAN[0].name, "dog").unlink()
     out = check_tree(tmp_path, "s4").to_json()
     assert json.loads(json.dumps(out)) == out
-    assert set(out) == {"subset", "splits", "problems"}
+    assert set(out) == {"subset", "splits", "problems", "masks", "notes"}
     assert out["subset"] == "s4"
     assert list(out["splits"]) == list(layout.SPLITS)
     assert out["splits"]["train"] == {"videos": 1, "frames": 5, "annotated_frames": 1}
+    assert out["masks"] == {"train": {"0/255 grayscale (L)": 1}, "val": {}, "test": {}}
+    assert out["notes"] == []
     assert out["problems"] == [
         {
             "path": str(layout.audio_path(tmp_path, "s4", "train", S4_CLEAN[0].name, "dog")),

@@ -228,3 +228,18 @@ def test_a_new_metric_is_one_registered_class(run, monkeypatch, capsys):
     } in report["score_rows"]
     assert f"| pixel accuracy | {report['pixel_accuracy']:.4f} |" in (out / "report.md").read_text()
     assert f"{report['pixel_accuracy']:.4f}" in capsys.readouterr().out
+
+
+def test_a_head_of_another_subset_is_refused_or_flagged(run, caplog):
+    from pipeline.data.synth import write_synthetic
+
+    root = run["tmp"] / "ms3-data"
+    write_synthetic(root, "ms3", videos=4, seed=1)
+    kw = {"subset": "ms3", "root": root, "mode": "end-to-end", "store": None, "overlays": 0}
+    with pytest.raises(
+        CheckpointError, match="trained on s4, and is scored here on ms3: refused; pass --allow-other-subset"
+    ):
+        evaluate(_cfg(run, "other", **kw))
+    report = evaluate(_cfg(run, "other", allow_other_subset=True, **kw))
+    assert report["warnings"] == [f"{run['checkpoint']} was trained on s4, and is scored here on ms3"]
+    assert report["model"]["trained_subset"] == "s4" and "trained on s4" in caplog.text

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import FeatureStore
+from cache import FeatureStore, StoreError
 from pipeline.data.clips import DataError, read_clips
 from pipeline.data.images import load_mask
 from pipeline.data.synth import write_synthetic
@@ -190,3 +190,16 @@ def test_trunk_features_live_beside_the_plain_ones_only_when_allowed(tree, tmp_p
     assert len(sam2) == 2
     (with_trunk,) = [e for e in sam2 if "trunk_in" in e.specs]
     assert with_trunk.rows_done() == g.n_rows
+
+
+def test_a_non_empty_folder_that_is_no_store_is_refused(tmp_path):
+    target = tmp_path / "thesis"
+    target.mkdir()
+    (target / "chapter1.tex").write_text("precious")
+    cfg = ExtractConfig(root=tmp_path / "data", subset="s4", store=str(target), device="cpu")
+    with pytest.raises(StoreError, match="non-empty folder that is not a feature store"):
+        extract(cfg, progress=False)
+    assert [p.name for p in target.iterdir()] == ["chapter1.tex"]
+    (tmp_path / "file.zarr").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        extract(cfg.model_copy(update={"store": str(tmp_path / "file.zarr")}), progress=False)

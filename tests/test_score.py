@@ -136,6 +136,8 @@ def test_cli_json_equals_the_python_api(root, tmp_path, capsys):
     assert cli([*args, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == score_folder(pred, root, "s4", "test")
+    assert out["values"] == "probability" and out["modes"] == {"L": 15}
+    assert out["convention"] == "8-bit grey levels read as probabilities v/255 (detected over the folder)"
     assert cli(args) == 0
     text = capsys.readouterr().out
     assert f"M_J {out['M_J']:.4f}" in text and "15 frames, 3 videos" in text

@@ -16,6 +16,8 @@ from pydantic import ValidationError
 
 from pipeline.data.audio import load_segments
 from pipeline.data.clips import Clip, read_clips
+from pipeline.data.images import read_mask
+from pipeline.data.names import name_problem
 from pipeline.data.synth import ClassSpec, SynthSpec, write_synthetic
 
 VIDEOS = 12
@@ -145,6 +147,8 @@ def test_image_formats(root: Path, subset: str) -> None:
             with Image.open(p) as im:
                 assert (im.mode, im.size) == ("L", (224, 224))
                 assert set(np.unique(np.asarray(im)).tolist()) <= {0, 255}
+            assert read_mask(p).convention == "0/255 grayscale (L)"
+        assert all(name_problem(n) is None for n in (c.id, c.category or "x"))
 
 
 @pytest.mark.parametrize("subset", ["s4", "ms3"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -10,12 +11,14 @@ import pytest
 import torch
 from synthetic_run import synthetic_store
 
+from cache.batches import FeatureBatches
 from pipeline.checkpoints import CheckpointError
+from pipeline.files import OutputError
 from pipeline.model import head_config
 from pipeline.model.build import build_model
 from pipeline.model.head_checkpoint import load_head, read_head
 from pipeline.settings import OptimConfig, TrainConfig
-from stages.train import fit, load_sweep, sweep, train
+from stages.train import TrainingDiverged, fit, load_sweep, sweep, train
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +123,58 @@ def test_head_checkpoint_refuses_other_frozen_weights(store, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="junk.pt"):
         load_head(tmp_path / "junk.pt", model)
+
+
+def _finite_checkpoints(out: Path) -> list[str]:
+    """The checkpoints under out, each checked to hold only finite trainable weights."""
+    found = sorted(out.rglob("*.pt"))
+    for path in found:
+        ck = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in ck["trainable"].values()), path
+    return [p.name for p in found]
+
+
+def test_a_diverging_run_stops_and_saves_nothing_non_finite(store, tmp_path):
+    out = tmp_path / "diverge"
+    cfg = _cfg(store, out, epochs=3).model_copy(
+        update={"optim": OptimConfig(epochs=3, batch_size=4, lr=1e12)}
+    )
+    with pytest.raises(TrainingDiverged, match="not finite") as e:
+        train(cfg)
+    assert "lower the learning rate" in str(e.value) and str(out) in str(e.value)
+    _finite_checkpoints(out)
+
+
+def test_non_finite_features_name_the_rows(store, tmp_path, monkeypatch):
+    """A NaN in one row's cached CLIP feature stops training at once, naming the video, frame and row."""
+    real = FeatureBatches.__getitem__
+
+    def poisoned(self, i):
+        batch = real(self, i)
+        if self.shuffle and i == 1:
+            batch["clip"][2] = float("nan")
+        return batch
+
+    monkeypatch.setattr(FeatureBatches, "__getitem__", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged) as e:
+        train(_cfg(store, out))
+    msg = str(e.value)
+    assert "epoch 1, step 2" in msg and "non-finite features in 1 row(s)" in msg and "frame 1 (row " in msg
+    assert "av2t cache verify" in msg and not list(out.rglob("*.pt"))
+
+
+def test_checkpoints_are_written_atomically(store, tmp_path, monkeypatch):
+    out = tmp_path / "atomic"
+    train(_cfg(store, out, epochs=2, stop_after=1))
+    before = (out / "best.pt").read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OutputError, match="no space left on the device"):
+        train(_cfg(store, out, epochs=2))
+    assert (out / "best.pt").read_bytes() == before  # the last good head, intact
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -27,13 +27,22 @@ SINC_ROLLOFF = 0.99
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode a WAV as float32 (frames, channels) and its sample rate; clear error on bad files."""
+    """Decode a WAV as float32 (frames, channels) and its sample rate; clear error on bad files and NaN/Inf."""
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or OSError
         raise DataError(f"{path}: unreadable WAV: {e}") from e
     if data.shape[0] == 0:
         raise DataError(f"{path}: empty WAV (no samples)")
+    finite = np.isfinite(data)
+    if not finite.all():
+        # Only float WAVs can hold them; resampling would smear them, clipping would hide them.
+        first, n = int(np.argmin(finite.all(axis=1))), int((~finite).sum())
+        count = f"{n} samples are" if n != 1 else "1 sample is"
+        raise DataError(
+            f"{path}: {count} NaN or infinite (the first at {first / rate:.3f} s); "
+            "the file is broken: re-export or replace it"
+        )
     return data, rate
 
 

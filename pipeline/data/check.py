@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -12,8 +13,8 @@ from tqdm import tqdm
 
 from pipeline.data import layout
 from pipeline.data.audio import read_wav
-from pipeline.data.clips import Clip, DataError, MetaRow, clip_from_row, read_meta
-from pipeline.data.images import load_frame, load_mask
+from pipeline.data.clips import FIX_ROW, Clip, DataError, MetaRow, clip_from_row, read_meta, row_name_problems
+from pipeline.data.images import load_frame, read_mask
 from pipeline.data.layout import SPLITS, SUBSETS, Subset
 
 
@@ -34,13 +35,22 @@ class SplitCounts:
     annotated_frames: int = 0
 
 
+ALPHA_ONLY_NOTE = "foreground only in alpha (every colour value is 0): read as foreground where alpha > 0"
+
+
 @dataclass
 class CheckReport:
-    """Counts per split and every problem found, sorted by path then problem."""
+    """Counts per split and every problem found, sorted by path then problem.
+
+    `masks`: per split, how many masks were read by each convention (pipeline.data.images). `notes`: files
+    that read fine but not the usual way (a foreground only in alpha); they do not make the check fail.
+    """
 
     subset: str
     splits: dict[str, SplitCounts]
     problems: list[Problem] = field(default_factory=list)
+    masks: dict[str, dict[str, int]] = field(default_factory=dict)
+    notes: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,11 +58,13 @@ class CheckReport:
         return not self.problems
 
     def to_json(self) -> dict:
-        """Plain-JSON form: subset, per-split counts, problems."""
+        """Plain-JSON form: subset, per-split counts, problems, mask conventions per split, notes."""
         return {
             "subset": self.subset,
             "splits": {name: asdict(counts) for name, counts in self.splits.items()},
             "problems": [asdict(p) for p in self.problems],
+            "masks": {name: dict(conventions) for name, conventions in self.masks.items()},
+            "notes": [asdict(p) for p in self.notes],
         }
 
     def to_text(self) -> str:
@@ -60,6 +72,10 @@ class CheckReport:
         lines = [f"subset {self.subset}", f"{'split':<8}{'videos':>8}{'frames':>10}{'annotated':>11}"]
         for name, c in self.splits.items():
             lines.append(f"{name:<8}{c.videos:>8}{c.frames:>10}{c.annotated_frames:>11}")
+        for name, conventions in self.masks.items():
+            if conventions:
+                lines.append(f"masks {name}: " + ", ".join(f"{k} {n}" for k, n in conventions.items()))
+        lines += [f"{p.path}: note: {p.problem}" for p in self.notes]
         lines += [f"{p.path}: {p.problem}" for p in self.problems]
         n = len(self.problems)
         lines.append("OK" if n == 0 else f"{n} problem{'s' if n != 1 else ''}")
@@ -74,6 +90,8 @@ class _ClipResult:
     frames: int
     annotated_frames: int
     problems: list[Problem]
+    masks: Counter[str] = field(default_factory=Counter)  # convention -> masks read by it
+    notes: list[Problem] = field(default_factory=list)
 
 
 def _problem(path: Path, message: str) -> Problem:
@@ -88,23 +106,28 @@ def _zero_splits() -> dict[str, SplitCounts]:
 
 
 def _check_rows(csv: Path, rows: list[MetaRow]) -> tuple[list[MetaRow], list[Problem]]:
-    """CSV-level checks: unknown splits, empty names, duplicate names in a split. Returns the usable rows."""
+    """CSV-level checks: unknown splits, names that are not names (empty, '..', '/', control characters),
+    a video id repeated in a split or across splits. Returns the usable rows (repeats included: their files
+    are checked once)."""
     problems: list[Problem] = []
     usable: list[MetaRow] = []
-    first_line: dict[tuple[str, str], int] = {}
+    first: dict[str, MetaRow] = {}
     for row in rows:
         if row.split not in SPLITS:
             problems.append(_problem(csv, f"line {row.line}: unknown split value {row.split!r}"))
             continue
-        if not row.name:
-            problems.append(_problem(csv, f"line {row.line}: empty video name"))
-            continue
-        key = (row.split, row.name)
-        if key in first_line:
+        if bad := row_name_problems(row):
+            problems += [_problem(csv, b) for b in bad]
+            continue  # never build a path from it
+        seen = first.get(row.name)
+        if seen is not None and seen.split == row.split:
             msg = f"line {row.line}: duplicate video name {row.name!r} in split {row.split!r}"
-            problems.append(_problem(csv, f"{msg} (first on line {first_line[key]})"))
+            problems.append(_problem(csv, f"{msg} (first on line {seen.line})"))
+        elif seen is not None:
+            msg = f"line {row.line}: duplicate video name {row.name!r} (first on line {seen.line}, split "
+            problems.append(_problem(csv, f"{msg}{seen.split!r}): {FIX_ROW}"))
         else:
-            first_line[key] = row.line
+            first[row.name] = row
         usable.append(row)
     return usable, problems
 
@@ -130,8 +153,9 @@ def _check_frames(clip: Clip, problems: list[Problem]) -> tuple[int, dict[int, t
     return found, sizes
 
 
-def _check_masks(clip: Clip, frame_sizes: dict[int, tuple[int, int]], problems: list[Problem]) -> int:
-    """Check the annotated frames' masks (presence, decoding, size); returns how many exist."""
+def _check_masks(clip: Clip, frame_sizes: dict[int, tuple[int, int]], result: _ClipResult) -> int:
+    """Check the annotated frames' masks (presence, decoding, size, convention); returns how many exist."""
+    problems = result.problems
     paths = [(k, p) for k, p in zip(clip.frames, clip.mask_paths, strict=True) if p is not None]
     if not paths:
         return 0
@@ -146,10 +170,14 @@ def _check_masks(clip: Clip, frame_sizes: dict[int, tuple[int, int]], problems: 
             continue
         found += 1
         try:
-            h, w = load_mask(path).shape
+            read = read_mask(path)
         except DataError as e:
             problems.append(_problem(path, str(e)))
             continue
+        h, w = read.mask.shape
+        result.masks[read.convention] += 1
+        if read.alpha_only:
+            result.notes.append(_problem(path, ALPHA_ONLY_NOTE))
         # Without a readable frame to compare with, the official size is the reference.
         want = frame_sizes.get(k, layout.FRAME_SIZE)
         if (w, h) != want:
@@ -171,11 +199,11 @@ def _check_audio(clip: Clip, problems: list[Problem]) -> None:
 
 def _check_clip(clip: Clip) -> _ClipResult:
     """All file checks of one clip; runs in a worker thread."""
-    problems: list[Problem] = []
-    frames, sizes = _check_frames(clip, problems)
-    masks = _check_masks(clip, sizes, problems)
-    _check_audio(clip, problems)
-    return _ClipResult(clip.split, frames, masks, problems)
+    result = _ClipResult(clip.split, 0, 0, [])
+    result.frames, sizes = _check_frames(clip, result.problems)
+    result.annotated_frames = _check_masks(clip, sizes, result)
+    _check_audio(clip, result.problems)
+    return result
 
 
 def _unique_clips(root: Path, subset: Subset, rows: Iterable[MetaRow]) -> list[Clip]:
@@ -213,8 +241,13 @@ def check_tree(root: str | Path, subset: Subset, workers: int = 8, progress: boo
     rows, problems = _check_rows(csv, rows)
     for row in rows:
         splits[row.split].videos += 1
+    masks: dict[str, Counter[str]] = {s: Counter() for s in splits}
+    notes: list[Problem] = []
     for result in _run(_unique_clips(root, subset, rows), workers, progress):
         splits[result.split].frames += result.frames
         splits[result.split].annotated_frames += result.annotated_frames
         problems.extend(result.problems)
-    return CheckReport(subset, splits, sorted(set(problems)))
+        masks[result.split].update(result.masks)
+        notes.extend(result.notes)
+    conventions = {s: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))) for s, c in masks.items()}
+    return CheckReport(subset, splits, sorted(set(problems)), conventions, sorted(set(notes)))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.data import layout
 from pipeline.data.layout import SPLITS, SUBSETS, Subset
+from pipeline.data.names import name_problem
 
 
 class DataError(ValueError):
@@ -73,6 +74,45 @@ def read_meta(root: Path, subset: Subset) -> list[MetaRow]:
     return out
 
 
+FIX_ROW = "fix or remove that row"
+MAX_LISTED = 20  # CSV problems listed in one error, before "... and N more"
+
+
+def row_name_problems(row: MetaRow) -> list[str]:
+    """'line N: video id '...' <why>: fix or remove that row' for each name of the row that is not a name."""
+    named = [("video id", row.name)] + ([("category", row.category)] if row.category is not None else [])
+    return [
+        f"line {row.line}: {what} {name!r} {why}: {FIX_ROW}"
+        for what, name in named
+        if (why := name_problem(name)) is not None
+    ]
+
+
+def duplicate_rows(rows: list[MetaRow]) -> list[tuple[MetaRow, MetaRow]]:
+    """(row, first row with the same video id) for every repeat of a video id, in any split."""
+    first: dict[str, MetaRow] = {}
+    out = []
+    for row in rows:
+        if row.name in first:
+            out.append((row, first[row.name]))
+        else:
+            first[row.name] = row
+    return out
+
+
+def csv_problems(rows: list[MetaRow]) -> list[str]:
+    """Every row read_clips refuses: unknown split values, names that are not names, repeated video ids."""
+    problems = []
+    for row in rows:
+        if row.split not in SPLITS:
+            problems.append(f"line {row.line}: unknown split value {row.split!r}")
+        problems += row_name_problems(row)
+    for row, first in duplicate_rows(rows):
+        where = f"line {first.line}, split {first.split!r}"
+        problems.append(f"line {row.line}: video id {row.name!r} repeats {where}: {FIX_ROW}")
+    return problems
+
+
 def clip_from_row(root: Path, subset: Subset, row: MetaRow) -> Clip:
     """Build the Clip of one metadata row by the official path rules."""
     n, c, s = row.name, row.category, row.split
@@ -93,13 +133,23 @@ def clip_from_row(root: Path, subset: Subset, row: MetaRow) -> Clip:
 
 
 def read_clips(root: str | Path, subset: Subset, split: str) -> list[Clip]:
-    """All clips of one split, in CSV order. Rows with an unknown split value are an error."""
+    """All clips of one split, in CSV order.
+
+    The whole CSV must be sound, whichever split is read: a row with an unknown split value, a video id or
+    category that is not a plain name (see pipeline.data.names) or a video id seen before (in any split) is
+    an error naming the CSV, every such row and what to do, before any file is read.
+    """
     root = Path(root)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
     rows = read_meta(root, subset)
-    bad = [r for r in rows if r.split not in SPLITS]
-    if bad:
-        path = layout.meta_csv(root, subset)
-        raise DataError(f"{path}: line {bad[0].line}: unknown split value {bad[0].split!r}")
+    problems = csv_problems(rows)
+    if len(problems) == 1:
+        raise DataError(f"{layout.meta_csv(root, subset)}: {problems[0]}")
+    if problems:
+        listed = [f"  {p}" for p in problems[:MAX_LISTED]]
+        if len(problems) > MAX_LISTED:
+            listed.append(f"  ... and {len(problems) - MAX_LISTED} more")
+        head = f"{layout.meta_csv(root, subset)}: {len(problems)} problems in its rows:"
+        raise DataError("\n".join([head, *listed]))
     return [clip_from_row(root, subset, r) for r in rows if r.split == split]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile
 
 from pipeline.data.clips import DataError
+
+T = TypeVar("T")
 
 
 def _guard_truncated_flag() -> None:
@@ -22,8 +27,8 @@ def _guard_truncated_flag() -> None:
         )
 
 
-def _decode(path: str | Path, mode: str) -> np.ndarray:
-    """Fully decode an image and convert it to `mode`; a missing, garbage or truncated file raises DataError."""
+def _open(path: str | Path, read: Callable[[Image.Image], T]) -> T:
+    """Fully decode an image and return read(image); a missing, garbage or truncated file raises DataError."""
     _guard_truncated_flag()
     p = Path(path)
     if not p.is_file():
@@ -33,12 +38,19 @@ def _decode(path: str | Path, mode: str) -> np.ndarray:
             # Image.open only reads the header; load() decodes all pixel data, which is where a
             # truncated file fails.
             img.load()
-            # Convert inside the `with`: closing the file invalidates the decoded image.
-            return np.asarray(img.convert(mode))
+            # Read inside the `with`: closing the file invalidates the decoded image.
+            return read(img)
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL reports bad data as OSError (incl. UnidentifiedImageError), SyntaxError (broken PNG
         # chunks) or ValueError (bad header fields).
         raise DataError(f"{path}: unreadable or truncated PNG: {e}") from e
+
+
+def _decode(path: str | Path, mode: str) -> np.ndarray:
+    """Fully decode an image and convert it to `mode`."""
+    return _open(path, lambda img: np.asarray(img.convert(mode)))
 
 
 def load_frame(path: str | Path) -> np.ndarray:
@@ -46,7 +58,100 @@ def load_frame(path: str | Path) -> np.ndarray:
     return _decode(path, "RGB").astype(np.uint8, copy=False)
 
 
+# ---------------------------------------------------------------- masks
+#
+# Foreground is what a person sees drawn on black: a non-zero value in any colour channel, where the pixel is
+# not fully transparent.
+#   '1'                      the bit.
+#   'L', 'I;16', 'I'         value > 0 (0/255 and 0/1 masks alike; any other value > 0 too).
+#   'P'                      palette index > 0, as the official AVSBench MS3 loader reads it (convert('P'),
+#                            then the index); the palette must agree: index 0 drawn black or transparent, every
+#                            other index used drawn in a colour. A palette that disagrees is refused.
+#   'RGB'                    any channel > 0 (red on black is foreground).
+#   'LA', 'RGBA'             the colour rule, and fully transparent pixels (alpha 0) are background. When every
+#                            colour value is 0, the foreground lies in alpha only: alpha > 0 is foreground (and
+#                            `data check` notes the file).
+# Every other mode ('F' float, 'CMYK', 'YCbCr', ...) is refused. The official 0/255 'L' or 'P' masks read as
+# value > 0, exactly as before (and as the official loaders' convert('1') / convert('P') read them).
+
+MASK_MODES = ("1", "L", "P", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I")
+
+
+@dataclass(frozen=True)
+class MaskRead:
+    """A decoded mask, the convention it was read by, and whether its foreground was in alpha only."""
+
+    mask: np.ndarray  # bool (H, W)
+    convention: str  # e.g. "0/255 grayscale (L)", "RGBA (alpha)"
+    alpha_only: bool = False
+
+
+def _grey_convention(values: np.ndarray, mode: str) -> str:
+    """The label of a single-channel mask from the values it holds."""
+    if mode != "L":
+        return f"16/32-bit grayscale ({mode})"
+    present = set(np.unique(values).tolist())
+    if present <= {0, 255}:
+        return "0/255 grayscale (L)"
+    if present <= {0, 1}:
+        return "0/1 grayscale (L)"
+    return "grayscale with other values (L, > 0 is foreground)"
+
+
+def _palette_mask(path: str | Path, img: Image.Image) -> MaskRead:
+    """P mode: index > 0 is foreground; refused when the palette draws it otherwise."""
+    index = np.asarray(img)
+    rgba = np.asarray(img.convert("RGBA"))
+    drawn = (rgba[..., :3] != 0).any(axis=-1) & (rgba[..., 3] > 0)
+    fg = index != 0
+    if not np.array_equal(drawn, fg):
+        bad = np.unique(index[drawn != fg]).tolist()
+        raise DataError(
+            f"{path}: palette ('P') mask whose palette disagrees with its indices (index 0 is background, every "
+            f"other index foreground, but indices {bad[:10]} are drawn otherwise); save it as a 0/255 "
+            "grayscale ('L') PNG"
+        )
+    return MaskRead(fg, "palette (P)")
+
+
+def _colour_mask(img: Image.Image) -> MaskRead:
+    """LA / RGB / RGBA: any colour channel > 0; alpha 0 is background; alpha only when the colour is all 0."""
+    arr = np.asarray(img)
+    has_alpha = img.mode in ("LA", "RGBA")
+    colour = arr[..., :-1] if has_alpha else arr
+    value = (colour != 0).any(axis=-1)
+    if not has_alpha:
+        return MaskRead(value, img.mode)
+    visible = arr[..., -1] > 0
+    if value.any():
+        label = "colour" if visible.all() else "colour, transparent = background"
+        return MaskRead(value & visible, f"{img.mode} ({label})")
+    if visible.all():  # all black, all opaque: an empty mask
+        return MaskRead(value, f"{img.mode} (colour)")
+    return MaskRead(visible, f"{img.mode} (alpha)", alpha_only=bool(visible.any()))
+
+
+def _read_mask(path: str | Path, img: Image.Image) -> MaskRead:
+    if img.mode not in MASK_MODES:
+        raise DataError(
+            f"{path}: mask mode {img.mode!r} is not read as a mask (we read {', '.join(MASK_MODES)}); "
+            "save it as a 0/255 grayscale ('L') PNG"
+        )
+    if img.mode == "1":
+        return MaskRead(np.asarray(img, dtype=bool), "binary (1)")
+    if img.mode == "P":
+        return _palette_mask(path, img)
+    if img.mode in ("LA", "RGB", "RGBA"):
+        return _colour_mask(img)
+    values = np.asarray(img)
+    return MaskRead(values != 0, _grey_convention(values, img.mode))
+
+
+def read_mask(path: str | Path) -> MaskRead:
+    """A mask, the convention it was read by (see the rules above) and whether its foreground is alpha only."""
+    return _open(path, lambda img: _read_mask(path, img))
+
+
 def load_mask(path: str | Path) -> np.ndarray:
-    """A ground-truth mask as bool (H, W); foreground is any pixel > 0 in 'L' mode (AVSBench uses 0/255)."""
-    # Converting covers the '1', 'P', 'RGB' and 'LA' variants some tools write instead of plain 'L'.
-    return _decode(path, "L") > 0
+    """A ground-truth mask as bool (H, W): foreground is a non-zero value (see the rules above)."""
+    return read_mask(path).mask

@@ -14,8 +14,9 @@ import torch
 from pipeline.data.clips import Clip
 from pipeline.data.images import load_frame
 from pipeline.evaluation.evaluators import REAL, Evaluation, VideoOutput, fmt
+from pipeline.files import inside, write_atomic, write_text
 from pipeline.metrics import m_j
-from pipeline.scoring import prediction_path, probability_png, write_probability
+from pipeline.scoring import mark_folder, prediction_path, probability_png, write_probability
 
 
 def clips_digest(videos: list[str]) -> str:
@@ -28,6 +29,10 @@ class MaskWriter:
     """Writes each frame's predicted probability as round(p * 255) under masks/<name>/<name>_<k>.png."""
 
     folder: Path
+
+    def __post_init__(self) -> None:
+        """Mark the folder as probabilities, so that `av2t score` reads it as such whatever its values."""
+        mark_folder(self.folder, "probability")
 
     def process(self, out: VideoOutput) -> None:
         """Save one video's masks."""
@@ -80,8 +85,8 @@ class Overlays:
         for tag, kept in (("best", self.best), ("worst", self.worst)):
             for rank, k in enumerate(kept, start=1):
                 rel = f"overlays/{tag}_{rank}_{k.video}.png"
-                (out / "overlays").mkdir(parents=True, exist_ok=True)
-                overlay(k, clips[k.video], f"{tag} {rank}: {k.video}  M_J {k.mj:.4f}").save(out / rel)
+                img = overlay(k, clips[k.video], f"{tag} {rank}: {k.video}  M_J {k.mj:.4f}")
+                write_atomic(inside(out, rel), lambda f, img=img: img.save(f, format="PNG"))
                 paths.append(rel)
         return paths
 
@@ -132,8 +137,8 @@ def report_markdown(report: dict[str, Any], evaluation: Evaluation) -> str:
 
 
 def write_report(report: dict[str, Any], evaluation: Evaluation, out: Path) -> None:
-    """report.json, report.md and the evaluators' CSV tables."""
+    """report.json, report.md and the evaluators' CSV tables, each written atomically."""
     for name, table in evaluation.tables().items():
-        table.to_csv(out / name, index=False)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(report, evaluation))
+        write_text(out / name, table.to_csv(index=False))
+    write_text(out / "report.md", report_markdown(report, evaluation))
+    write_text(out / "report.json", json.dumps(report, indent=2) + "\n")  # last: its presence means complete

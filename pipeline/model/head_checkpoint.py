@@ -8,7 +8,6 @@ this module; nothing else writes or reads the format.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,13 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from pipeline.checkpoints import CheckpointError
+from pipeline.checkpoints import CheckpointError, state_digest
+from pipeline.files import save_torch
 from pipeline.model.av2t_sam import AV2TSAM
 from pipeline.model.config import HeadConfig
 
 FORMAT = "av2t-head/1"
 REQUIRED = ("preset", "head", "trainable", "frozen", "features")
-
-
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file beside path, then rename: a kill mid-save never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def head_payload(
@@ -69,7 +56,7 @@ def save_head(payload: dict[str, Any], path: str | Path) -> Path:
     """Write a head checkpoint atomically."""
     if payload.get("format") != FORMAT:
         raise ValueError(f"not a head checkpoint payload (format {FORMAT}); build it with head_payload")
-    return save_atomic(payload, path)
+    return save_torch(payload, path)
 
 
 @dataclass(frozen=True)
@@ -103,6 +90,10 @@ class HeadCheckpoint:
             )
         return {name: int(sd[key].shape[1]) for name, key in keys.items()}
 
+    def digest(self) -> str:
+        """sha256 (16 hex) of the trainable weights: tells one head from another whatever the file name."""
+        return state_digest(self.data["trainable"])
+
     @property
     def subset(self) -> str | None:
         """The AVSBench subset it was trained on (None: unknown, e.g. imported)."""
@@ -115,7 +106,7 @@ def read_head(path: str | Path) -> HeadCheckpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: head checkpoint not found")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # pickle / zip errors have no common base
         raise CheckpointError(f"{path}: cannot read head checkpoint: {e}") from e
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
