@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,8 +273,15 @@ def write_log(run: HeadRun, out: Path) -> None:
     plt.close(fig)
 
 
-def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
-    """Train every head in one pass over the cached batches (each batch read once, fed to every head)."""
+EpochHook = Callable[[str, dict[str, Any]], None]
+
+
+def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | None = None) -> pd.DataFrame:
+    """Train every head in one pass over the cached batches (each batch read once, fed to every head).
+
+    on_epoch(head name, metrics row) is called after each head's epoch is validated and saved (the flow
+    reports progress to Prefect with it; the stage knows nothing of Prefect).
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -341,6 +349,8 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
             run.history.append(metrics)
             save_checkpoints(run, cfg, train_feats, outs[run.name], epoch, metrics)
             write_log(run, outs[run.name])
+            if on_epoch is not None:
+                on_epoch(run.name, metrics)
             if cfg.progress:
                 print(
                     f"[{run.name}] epoch {epoch + 1}: loss {metrics['train_loss']:.4f} "
@@ -370,9 +380,9 @@ def comparison(runs: list[HeadRun], outs: dict[str, Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def train(cfg: TrainConfig) -> pd.DataFrame:
+def train(cfg: TrainConfig, on_epoch: EpochHook | None = None) -> pd.DataFrame:
     """Train the config's one head."""
-    return fit(cfg, {"head": cfg.head_config()})
+    return fit(cfg, {"head": cfg.head_config()}, on_epoch)
 
 
 def load_sweep(path: str | Path, preset: str = "tiny") -> dict[str, HeadConfig]:
@@ -410,9 +420,9 @@ def load_sweep(path: str | Path, preset: str = "tiny") -> dict[str, HeadConfig]:
     return heads
 
 
-def sweep(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> pd.DataFrame:
+def sweep(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | None = None) -> pd.DataFrame:
     """Train several heads in one pass and write comparison.csv / comparison.md under cfg.out."""
-    table = fit(cfg, heads)
+    table = fit(cfg, heads, on_epoch)
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_text(cfg.out / "comparison.csv", table.to_csv(index=False))
     write_text(cfg.out / "comparison.md", table.to_markdown(index=False) + "\n")
