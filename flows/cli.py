@@ -36,6 +36,7 @@ from pipeline.settings import (
     OfficialExportOptions,
     OfficialImportOptions,
     ScoreOptions,
+    ServeSettings,
     SynthOptions,
     TrainFlowSettings,
 )
@@ -200,10 +201,10 @@ def _cmd_official_export(o: OfficialExportOptions) -> int:
     return 0
 
 
-def _cmd_serve(o: None) -> int:
+def _cmd_serve(o: ServeSettings) -> int:
     from flows.serve import main as serve
 
-    serve()
+    serve(o)
     return 0
 
 
@@ -347,7 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
         OfficialExportOptions,
         positional=["checkpoint"],
     )
-    _command(sub, "serve", "serve a `default` deployment of every flow (needs a Prefect server)", _cmd_serve)
+    _command(
+        sub,
+        "serve",
+        "serve extract-features/extract, train-head/train, evaluate/on-demand and the scheduled "
+        "evaluate/nightly (needs a Prefect server: PREFECT_API_URL)",
+        _cmd_serve,
+        ServeSettings,
+    )
     return p
 
 

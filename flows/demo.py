@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import flow
+from prefect import flow, tags
 
 from flows.evaluate import evaluate
 from flows.extract import extract_features
@@ -19,7 +19,7 @@ from pipeline.data.synth import write_synthetic
 from pipeline.settings import DemoSettings
 
 
-@flow(name="demo")
+@flow(name="demo", flow_run_name="demo")
 @model_params(DemoSettings)
 def demo(**params: Any) -> list[dict]:
     """Run the whole pipeline on a synthetic AVSBench tree and return one score row per subset."""
@@ -70,7 +70,12 @@ def demo(**params: Any) -> list[dict]:
 def main(s: DemoSettings | None = None) -> None:
     """Run the demo flow; print the table and where the reports are."""
     t = time.perf_counter()
-    rows = run_flow("the demo", lambda: demo(**(s or DemoSettings()).model_dump()))
+
+    def tagged() -> list[dict]:
+        with tags("demo"):  # the demo's run and its sub-flows' (each adds its subset and preset)
+            return demo(**(s or DemoSettings()).model_dump())
+
+    rows = run_flow("the demo", tagged)
     df = pd.DataFrame(rows)
     print("\nAV2T-SAM demo (synthetic AVSBench, tiny preset, random-weight encoders; end-to-end test split;")
     print("M_F with one video per batch, as the AV2T test):\n")

@@ -25,6 +25,7 @@ USER_ERRORS = (
     ("pipeline.files", "OutputError"),
     ("stages.train", "TrainingDiverged"),
     ("flows.prefect_runtime", "ServerError"),
+    ("flows.serve", "DeploymentError"),
 )
 # An OSError with one of these is the user's environment (a full disk, a missing file), not a bug.
 OS_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT)

@@ -1,24 +1,53 @@
-"""The `evaluate` flow and the scheduled end-to-end re-evaluation that flags regressions."""
+"""The `evaluate` flow, and the nightly that re-evaluates every subset with its newest head and flags regressions.
+
+Two flow functions under one flow name, `evaluate`, and two deployments (flows/serve.py):
+
+- `evaluate` (deployment `evaluate/on-demand`): one subset; run name `evaluate-<subset>-<split>-<mode>`,
+  then `...@<head folder>-<head digest>` once the head is known; artifacts `evaluate-<subset>-<split>`
+  (markdown) and `...-scores` (table);
+- `nightly` (deployment `evaluate/nightly`, scheduled): run name `nightly-<date>`; one `evaluate` subflow run
+  per subset, tagged `nightly`, which names its runs and artifacts `nightly-...` instead.
+
+A regression (a compared score lower than the previous report's by more than the tolerance) ends the run
+Failed, named `Regression`, with `on_regression=fail` (the nightly's default), or Completed, named
+`Completed with regression`, with `warn` (the on-demand default); the artifacts are published first.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.states import Completed, Failed, State
+from pydantic.fields import FieldInfo
 
-from flows.params import model_params, settings
+from flows.params import flow_kwargs, model_params, settings
 from pipeline.checkpoints import CheckpointError
+from pipeline.data.clips import DataError
 from pipeline.files import write_text
 from pipeline.model.head_checkpoint import read_head
-from pipeline.settings import EvalFlowSettings
+from pipeline.settings import EvalFlowSettings, NightlySettings
 from stages.evaluate import evaluate as run_evaluation
 
 # Reports written before evaluators named their compared scores (`score_rows`) compare these.
 LEGACY_COMPARED = ("M_J", "M_F", "M_F_batch_free")
+NIGHTLY_TAG = "nightly"
+DASH = "—"  # an empty cell of an artifact table
+REGRESSION, WARNED = "Regression", "Completed with regression"
+EVALUATE_EXCLUDED = ["out", "progress"]
+NIGHTLY_EXCLUDED = ["out", "progress", "checkpoint", "subset", "allow_other_subset"]
 
 
 def newest_checkpoint(checkpoints: str | Path, subset: str) -> Path:
@@ -107,43 +136,274 @@ def compare(now: dict[str, Any], prev: dict[str, Any] | None, tolerance: float) 
     return rows
 
 
-def publish(report: dict[str, Any], rows: list[dict[str, Any]], key: str) -> None:
-    """A markdown artifact (summary, regressions) and a table artifact (scores and deltas)."""
-    bad = [r["metric"] for r in rows if r["regression"]]
-    status = f"**REGRESSION** in {', '.join(bad)}" if bad else "no regression"
+# -- names, keys, tags
+
+
+def artifact_key(kind: str, subset: str, split: str, mode: str) -> str:
+    """`evaluate-s4-test` (ad hoc) or `nightly-s4-test` (the nightly); `-cached` for cached scores."""
+    return f"{kind}-{subset}-{split}" + ("-cached" if mode == "cached" else "")
+
+
+def _run_kind() -> str:
+    """'nightly' for a run the nightly started (tagged nightly), else 'evaluate'."""
+    from prefect.runtime import flow_run
+
+    return "nightly" if NIGHTLY_TAG in (flow_run.tags or []) else "evaluate"
+
+
+def _param(name: str) -> Any:
+    """This run's parameter, or the evaluate flow's default for it."""
+    from prefect.runtime import flow_run
+
+    value = (flow_run.parameters or {}).get(name)
+    if value is None or isinstance(value, FieldInfo):  # not given (a deployment run carries only those)
+        return EvalFlowSettings.model_fields[name].default
+    return value
+
+
+def evaluate_run_name() -> str:
+    """`evaluate-s4-test-end-to-end` (or `nightly-...` under the nightly), from the run's parameters."""
+    return "-".join(str(x) for x in (_run_kind(), _param("subset"), _param("split"), _param("mode")))
+
+
+def nightly_run_name() -> str:
+    """`nightly-<date>`: the UTC day the run was scheduled for."""
+    from prefect.runtime import flow_run
+
+    when = flow_run.scheduled_start_time or datetime.now(timezone.utc)
+    return f"nightly-{when.astimezone(timezone.utc):%Y-%m-%d}"
+
+
+def head_label(path: Path, digest: str) -> str:
+    """A head's name in a run name: its folder and the start of its digest (`train-s4-3f2a9c1`)."""
+    return f"{path.parent.name}-{digest[:7]}"
+
+
+def label_run(name: str | None = None, add_tags: Iterable[str] = ()) -> None:
+    """Rename this flow run and add tags, on the server and in its context (a failure only warns)."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    have = list(ctx.flow_run.tags or [])
+    new_tags = have + [t for t in dict.fromkeys(add_tags) if t and t not in have]
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(str(ctx.flow_run.id)), name=name, tags=new_tags)
+    except Exception as e:  # a label is not worth the run
+        get_run_logger().warning(f"could not rename or tag the run: {e}")
+        return
+    ctx.flow_run.tags = new_tags
+    if name:
+        ctx.flow_run.name = name
+
+
+class VideoProgress:
+    """The stage's on_video: a progress artifact on the run, and log lines ("encoders built", every 10%)."""
+
+    def __init__(self, what: str, every_s: float = 2.0):
+        self.what, self.every_s = what, every_s
+        self.log = get_run_logger()
+        self.artifact: UUID | None = None
+        self.last, self.logged = 0.0, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if done == 0:
+            self.log.info(f"encoders built; scoring {total} videos")
+            self._show(lambda: create_progress_artifact(0.0, description=f"{self.what}: videos scored"))
+            self.last = time.monotonic()
+            return
+        tenth = 10 * done // max(total, 1)
+        if total >= 20 and tenth > self.logged:
+            self.logged = tenth
+            self.log.info(f"{done}/{total} videos scored")
+        now = time.monotonic()
+        if self.artifact is not None and (done >= total or now - self.last >= self.every_s):
+            self.last = now
+            share = min(100.0, 100.0 * done / max(total, 1))
+            self._show(
+                lambda: update_progress_artifact(self.artifact, share, f"{self.what}: {done}/{total} videos")
+            )
+
+    def _show(self, call: Callable[[], UUID]) -> None:
+        """Create or update the artifact; an API error stops the progress display, never the evaluation."""
+        try:
+            self.artifact = call()
+        except Exception as e:
+            self.log.warning(f"progress artifact dropped: {e}")
+            self.artifact = None
+
+
+# -- artifacts
+
+
+def _num(x: Any, signed: bool = False) -> str:
+    if x is None:
+        return DASH
+    return f"{x:+.4f}" if signed else f"{x:.4f}"
+
+
+def _short(digest: Any) -> str:
+    return f"`{str(digest)[:12]}`" if digest else DASH
+
+
+def _same(now: Any, before: Any, prev: dict[str, Any] | None) -> str:
+    if prev is None:
+        return ""
+    return " (unchanged)" if now == before else f" (was {_short(before)}: **changed**)"
+
+
+def regressed(rows: list[dict[str, Any]]) -> str:
+    """The regressed scores in words: `M_J 0.6123 -> 0.1234 (-0.4889), M_F ...`."""
+    return ", ".join(
+        f"{r['metric']} {_num(r['previous'])} -> {_num(r['now'])} ({_num(r['delta'], True)})"
+        for r in rows
+        if r["regression"]
+    )
+
+
+def regression_message(key: str, rows: list[dict[str, Any]], tolerance: float, change: str) -> str:
+    """One line naming every regressed score: `nightly-ms3-test: regression beyond the tolerance 0.005: ...`."""
+    return f"{key}: regression beyond the tolerance {tolerance:g}: {regressed(rows)} ({change})"
+
+
+def summary_markdown(
+    key: str,
+    report: dict[str, Any],
+    rows: list[dict[str, Any]],
+    comparison: dict[str, Any],
+    prev: dict[str, Any] | None,
+    out: Path,
+) -> tuple[str, str]:
+    """The markdown artifact of one evaluation, and its one-line status."""
+    tolerance, model, data = comparison["tolerance"], report["model"], report["data"]
+    what = f"{report['subset']} / {report['split']} / {report['mode']}"
+    by = {r["metric"]: r for r in rows}
+    if prev is None:
+        status = f"first report of {what}: nothing to compare with yet"
+    elif any(r["regression"] for r in rows):
+        status = f"**REGRESSION** beyond the tolerance {tolerance:g}: {regressed(rows)}"
+    else:
+        status = f"no regression: every compared score within {tolerance:g} of the previous report"
     lines = [
-        f"# {key}: {report['subset']} / {report['split']} ({report['mode']})",
+        f"# {key}: {what}",
         "",
         status,
         "",
-        "| metric | now | previous | delta |",
-        "|---|---|---|---|",
+        "| score | now | previous | delta | |",
+        "|---|---:|---:|---:|---|",
     ]
-    lines += [f"| {r['metric']} | {r['now']} | {r['previous']} | {r['delta']} |" for r in rows]
-    lines += ["", f"M_F batching: {report['M_F_batching']}", f"checkpoint: `{report['checkpoint']}`"]
-    create_markdown_artifact(key=key, markdown="\n".join(lines), description=status)
-    create_table_artifact(key=f"{key}-scores", table=rows, description="scores vs the previous report")
+    for row in report.get("score_rows", []):
+        before = score(prev, row["key"]) if prev else None
+        delta = None if before is None else row["value"] - before
+        verdict = "not compared"
+        if row["key"] in by:
+            verdict = "**regression**" if by[row["key"]]["regression"] else "compared"
+        first = "first report" if prev is None else DASH
+        lines.append(
+            f"| {row['label']} (`{row['key']}`) | {_num(row['value'])} | {first if before is None else _num(before)} "
+            f"| {first if delta is None else _num(delta, True)} | {verdict} |"
+        )
+    if prev is None:
+        compared = f"- compared with: nothing, the first report of {what} under `{out.parent}`"
+    else:
+        compared = (
+            f"- compared with: `{Path(comparison['previous']).parent}` "
+            f"(created {comparison.get('previous_created') or 'at an unknown time'})"
+        )
+    prev_model, prev_data = (prev or {}).get("model", {}), (prev or {}).get("data", {})
+    lines += [
+        "",
+        "## Comparison",
+        "",
+        compared,
+        f"- what changed: {comparison['change']}",
+        f"- tolerance: {tolerance:g} (a compared score lower than the previous one by more is a regression)",
+        "",
+        "## This run",
+        "",
+        f"- head: `{report['checkpoint']}`, digest {_short(model.get('head_digest'))}"
+        + _same(model.get("head_digest"), prev_model.get("head_digest"), prev)
+        + f"; preset `{model.get('preset')}`, trained on {model.get('trained_subset')}, epoch {model.get('epoch')}",
+        f"- data: root `{data.get('root')}`, clips digest {_short(data.get('clips_digest'))}"
+        + _same(data.get("clips_digest"), prev_data.get("clips_digest"), prev),
+    ]
+    if report.get("store_features"):
+        lines.append(f"- store `{report.get('store')}`, features {report['store_features']}")
+    raw = report.get("M_F_raw_logits_av2t")
+    lines += [
+        f"- scored: {report.get('videos', DASH)} videos, {report.get('frames', DASH)} frames, "
+        f"on {report.get('device')} in {report.get('seconds')} s",
+        f"- M_F on raw logits (AV2T's evaluation, for comparison only): {_num(raw)}",
+        f"- M_F batching: {report.get('M_F_batching', DASH)}",
+        f"- report folder: `{out}`",
+    ]
+    lines += [f"- warning: {w}" for w in report.get("warnings", [])]
+    return "\n".join(lines) + "\n", status.replace("**", "")
 
 
-@flow(name="evaluate")
-@model_params(EvalFlowSettings, exclude=["out", "progress"])
-def evaluate(**params: Any) -> dict[str, Any]:
-    """Score a head (default: the newest best.pt under `checkpoints`), compare with the last report, publish."""
+def table_rows(rows: list[dict[str, Any]], first: bool) -> list[dict[str, Any]]:
+    """The comparison rows for the table artifact: no empty cell ('first report' or '—' instead)."""
+    empty = "first report" if first else DASH
+    return [{k: empty if v is None else v for k, v in r.items()} for r in rows]
+
+
+def publish(
+    key: str,
+    report: dict[str, Any],
+    rows: list[dict[str, Any]],
+    comparison: dict[str, Any],
+    prev: dict[str, Any] | None,
+    out: Path,
+) -> None:
+    """A markdown artifact (scores, the reference, fingerprints, where the report is) and a table artifact."""
+    markdown, status = summary_markdown(key, report, rows, comparison, prev, out)
+    create_markdown_artifact(key=key, markdown=markdown, description=status)
+    reference = "the first report" if prev is None else f"vs {Path(comparison['previous']).parent.name}"
+    create_table_artifact(
+        key=f"{key}-scores",
+        table=table_rows(rows, prev is None),
+        description=f"{report['subset']} / {report['split']} / {report['mode']}: compared scores, {reference}",
+    )
+
+
+# -- the flows
+
+
+def evaluate_one(s: EvalFlowSettings) -> dict[str, Any]:
+    """Score the head, write the report and comparison.json, publish the artifacts; the run's result."""
     log = get_run_logger()
-    s = settings(EvalFlowSettings, params)
-    subset, split, reports, tolerance = s.subset, s.split, s.reports, s.tolerance
-    ck = s.checkpoint or newest_checkpoint(s.checkpoints, subset)
+    subset, split, reports, tolerance = s.subset, s.split, Path(s.reports), s.tolerance
+    kind = _run_kind()
+    key = artifact_key(kind, subset, split, s.mode)
+    ck = Path(s.checkpoint or newest_checkpoint(s.checkpoints, subset))
+    head = read_head(ck)
+    base = "-".join((kind, subset, split, s.mode))
+    label_run(f"{base}@{head_label(ck, head.digest())}", [subset, split, s.mode, Path(head.preset).name])
+    log = get_run_logger()  # under the new name
+    log.info(f"head {ck} (trained on {head.subset}, preset {head.preset}, digest {head.digest()[:12]})")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    out = Path(reports) / f"{stamp}-{subset}-{split}"
-    cfg = s.stage(ck, out)
-    report = run_evaluation(cfg)
-    found = previous_report(Path(reports), report, out)
+    out = reports / f"{stamp}-{subset}-{split}"
+    try:
+        report = run_evaluation(s.stage(ck, out), on_video=VideoProgress(f"{subset} / {split}"))
+    except DataError as e:  # say which parameter the data came from
+        raise DataError(f"{e} [flow parameter root={s.root}]") from e
+    log.info(f"{report['videos']} videos scored ({report['frames']} frames) in {report['seconds']} s")
+    found = previous_report(reports, report, out)
     prev_path, prev = found if found else (None, None)
     rows = compare(report, prev, tolerance)
     change = what_changed(report, prev)
-    comparison = {"previous": str(prev_path) if prev_path else None, "change": change, "tolerance": tolerance}
+    comparison = {
+        "previous": str(prev_path) if prev_path else None,
+        "previous_created": prev.get("created") if prev else None,
+        "change": change,
+        "tolerance": tolerance,
+    }
     write_text(out / "comparison.json", json.dumps({**comparison, "rows": rows}, indent=2) + "\n")
-    publish(report, rows, key=f"evaluate-{subset}-{split}")
+    publish(key, report, rows, comparison, prev, out)
+    log.info(f"report written at {out}")
     log.info(
         f"compared with {prev_path or 'nothing (first report of this subset, split and mode)'}: {change}"
     )
@@ -151,6 +411,105 @@ def evaluate(**params: Any) -> dict[str, Any]:
         log.warning(w)
     for r in rows:
         log.info(f"{r['metric']}: {r['now']} (previous {r['previous']}, delta {r['delta']})")
-    if any(r["regression"] for r in rows):
-        log.warning(f"regression against the previous report under {reports}")
-    return {"report": str(out / "report.json"), "comparison": rows, **comparison}
+    worse = [r["metric"] for r in rows if r["regression"]]
+    message = regression_message(key, rows, tolerance, change) if worse else None
+    if message:
+        log.warning(message)
+    return {
+        "report": str(out / "report.json"),
+        "comparison": rows,
+        **comparison,
+        "key": key,
+        "subset": subset,
+        "split": split,
+        "mode": s.mode,
+        "checkpoint": str(ck),
+        "regressions": worse,
+        "message": message,
+    }
+
+
+def verdict(result: dict[str, Any], on_regression: str) -> dict[str, Any] | State:
+    """The run's end: the result as is, or a named state carrying it when a score regressed."""
+    if not result["regressions"]:
+        return result
+    if on_regression == "fail":
+        return Failed(name=REGRESSION, message=result["message"], data=result)
+    return Completed(name=WARNED, message=result["message"], data=result)
+
+
+@flow(name="evaluate", flow_run_name=evaluate_run_name)
+@model_params(EvalFlowSettings, exclude=EVALUATE_EXCLUDED)
+def evaluate(**params: Any) -> dict[str, Any]:
+    """Score a head (default: the newest best.pt under `checkpoints`), compare with the last report, publish."""
+    s = settings(EvalFlowSettings, params)
+    return verdict(evaluate_one(s), s.on_regression)
+
+
+def nightly_markdown(s: NightlySettings, done: dict[str, dict[str, Any]], problems: dict[str, str]) -> str:
+    """The nightly run's own summary: one line per subset."""
+    lines = [
+        f"# nightly: {', '.join(s.subsets)} / {s.split} / {s.mode}",
+        "",
+        f"heads under `{s.checkpoints}`, data `{s.root}`, reports `{s.reports}`, tolerance {s.tolerance:g}",
+        "",
+        "| subset | result | M_J now | previous | delta | head | report |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for subset in s.subsets:
+        if subset in problems:
+            lines.append(
+                f"| {subset} | **failed**: {problems[subset]} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |"
+            )
+            continue
+        r = done[subset]
+        mj = next((x for x in r["comparison"] if x["metric"] == "M_J"), None) or {}
+        state = "**regression** in " + ", ".join(r["regressions"]) if r["regressions"] else "no regression"
+        if r["previous"] is None:
+            state = "first report"
+        lines.append(
+            f"| {subset} | {state} | {_num(mj.get('now'))} | "
+            f"{'first report' if r['previous'] is None else _num(mj.get('previous'))} | "
+            f"{_num(mj.get('delta'), True)} | `{r['checkpoint']}` | `{Path(r['report']).parent}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="evaluate", flow_run_name=nightly_run_name)
+@model_params(NightlySettings, exclude=NIGHTLY_EXCLUDED)
+def nightly(**params: Any) -> dict[str, Any]:
+    """Re-evaluate every subset asked with its newest head (one `evaluate` run each); fail on a regression."""
+    log = get_run_logger()
+    s = settings(NightlySettings, params)
+    log.info(
+        f"nightly of {', '.join(s.subsets)} / {s.split} / {s.mode}: heads under {s.checkpoints}, "
+        f"data {s.root}, reports {s.reports}"
+    )
+    done: dict[str, dict[str, Any]] = {}
+    problems: dict[str, str] = {}
+    for subset in s.subsets:
+        sub = s.subset_settings(subset)
+        with tags(NIGHTLY_TAG, subset, s.split, s.mode):
+            state = evaluate(**flow_kwargs(evaluate.fn, sub), return_state=True)
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, dict):
+            done[subset] = result
+        else:
+            problems[subset] = (state.message or f"{type(result).__name__}: {result}").removeprefix(
+                "Flow run encountered an exception: "
+            )
+            log.error(f"{subset}: not evaluated: {problems[subset]}")
+    create_markdown_artifact(
+        markdown=nightly_markdown(s, done, problems), description="the nightly, per subset"
+    )
+    summary = {"subsets": done, "problems": problems}
+    found = [r["message"] for r in done.values() if r["regressions"]]
+    if problems:
+        failed = [f"{k}: {v}" for k, v in problems.items()]
+        return Failed(message="; ".join(failed + found), data=summary)
+    if found:
+        message = "; ".join(found)
+        if s.on_regression == "fail":
+            return Failed(name=REGRESSION, message=message, data=summary)
+        return Completed(name=WARNED, message=message, data=summary)
+    return summary

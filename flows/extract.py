@@ -1,19 +1,82 @@
-"""The `extract-features` flow: fan the extract stage out per (encoder, shard) as Prefect tasks."""
+"""The `extract-features` flow: fan the extract stage out per (encoder, shard) as Prefect tasks.
+
+What the run page shows: the run named `extract-<subset>-<preset>` and tagged with both; a sub-flow
+`…-shards` with one `extract-shard` task per (encoder, split, shard), named `<encoder>/<split>/<first
+block>`, none drawn as depending on another (see `_run_shards`); a progress artifact
+`extract-<subset>-progress` (rows of the ended shards); and at the end a table artifact
+`extract-<subset>-store` (per split and encoder: rows done / total, failures, rows computed by this run
+and their frames/s, bytes on disk) and one log line per split and encoder.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import flow, get_run_logger, task
-from prefect.futures import wait
+from prefect import flow, get_run_logger, tags, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
+from cache import FeatureStore
 from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import run_flow
 from flows.runners import make_runner
 from pipeline.settings import ExtractConfig, ExtractFlowSettings
 from stages.extract import Shard, extract, extract_shard, prepare, summarize
+
+# -- the run page: names and tags from the parameters (helpers the train-head flow uses too)
+
+
+def preset_label(preset: str | Path) -> str:
+    """A preset as a run name or tag shows it: its name (a preset folder: the folder's name)."""
+    return Path(str(preset)).name or str(preset)
+
+
+def run_param(model: type[BaseModel], name: str, parameters: dict[str, Any] | None = None) -> Any:
+    """A parameter of the current flow run (or of `parameters`), or the model's default when not given.
+
+    A deployment run carries only the parameters it was given (a run name template would miss the rest).
+    """
+    if parameters is None:
+        from prefect.runtime import flow_run
+
+        parameters = flow_run.parameters
+    value = parameters.get(name)
+    return model.model_fields[name].default if value is None or isinstance(value, FieldInfo) else value
+
+
+def tag_flow_run(*names: str) -> None:
+    """Add tags to the current flow run (kept: those it has, e.g. its deployment's).
+
+    Tags derived from parameters can only be added once the run exists: the deployment creates it.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    have = list(ctx.flow_run.tags)
+    want = have + [t for t in dict.fromkeys(names) if t and t not in have]
+    if want != have:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(ctx.flow_run.id, tags=want)
+        ctx.flow_run.tags = want
+
+
+def extract_run_name(parameters: dict[str, Any] | None = None) -> str:
+    """`extract-<subset>-<preset>`: the run's name in the UI (instead of a random one)."""
+    subset = run_param(ExtractFlowSettings, "subset", parameters)
+    return f"extract-{subset}-{preset_label(run_param(ExtractFlowSettings, 'preset', parameters))}"
+
+
+# -- the flow
 
 
 @task(
@@ -23,40 +86,141 @@ from stages.extract import Shard, extract, extract_shard, prepare, summarize
     task_run_name="{shard.encoder}/{shard.split}/{shard.blocks[0]}",
 )
 def extract_shard_task(cfg: ExtractConfig, shard: Shard) -> dict[str, Any]:
-    """Compute and write one shard of one encoder (resumable: done rows are skipped)."""
+    """Compute and write one shard of one encoder (resumable: done rows are skipped).
+
+    Returns only objects made here (counts, the failures list, seconds), never the shard's split or
+    encoder name: see `_run_shards`.
+    """
+    t = time.perf_counter()
     out = extract_shard(cfg, shard)
+    seconds = time.perf_counter() - t
     get_run_logger().info(
-        f"{shard.encoder}/{shard.split}: {out['computed']} rows, torch threads {torch.get_num_threads()}"
+        f"{shard.encoder}/{shard.split}: {out['computed']} rows in {seconds:.1f} s, "
+        f"torch threads {torch.get_num_threads()}"
     )
-    return out
+    return {"computed": out["computed"], "failures": out["failures"], "seconds": seconds}
 
 
 @flow(name="extract-shards")
-def _run_shards(cfg: ExtractConfig, shards: list[Shard]) -> list[dict[str, Any]]:
-    """Submit every shard to this flow's task runner and wait for all."""
+def _run_shards(cfg: ExtractConfig, shards: list[Shard], progress_key: str) -> list[dict[str, Any]]:
+    """Submit every shard to this flow's task runner and wait for all (a progress artifact as they end);
+    one result per shard, with its split and encoder.
+
+    No false edges: Prefect records a task input as coming from an upstream task when the argument is (or
+    holds, at any depth) an object that task returned, matched by identity (`id()`). The split and encoder
+    names are interned strings: while a shard task returned them, every later shard's `shard` and `cfg`
+    held "an upstream result", and the UI drew `clap/train/0` as depending on `clip/train/0`. So a shard
+    task returns only objects it made, and the split and encoder are added here, after every task ran.
+    (`quote()` would keep Prefect from searching the arguments, but prefect-dask hands a quoted argument
+    to the task as a plain tuple.) The extract flow tests assert through the API that no task run's
+    inputs point at another run, with both runners.
+    """
     futures = [extract_shard_task.submit(cfg, s) for s in shards]
-    wait(futures)
-    return [f.result() for f in futures]
+    rows = {id(f): s.rows for f, s in zip(futures, shards, strict=True)}
+    total, done, ended = sum(rows.values()), 0, 0
+    bar = create_progress_artifact(0.0, key=progress_key, description=f"0/{len(shards)} shards ended")
+    for f in as_completed(futures):
+        ended, done = ended + 1, done + rows[id(f)]
+        update_progress_artifact(
+            bar, 100.0 * done / max(total, 1), description=f"{ended}/{len(shards)} shards ended"
+        )
+    return [
+        {"split": s.split, "encoder": s.encoder, **f.result()} for s, f in zip(shards, futures, strict=True)
+    ]
 
 
-@flow(name="extract-features")
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
+def store_table(cfg: ExtractConfig, summary: dict[str, Any], results: Iterable[dict[str, Any]]) -> list[dict]:
+    """One row per split and encoder: rows done / total, failures, this run's rows and frames/s, bytes stored.
+
+    frames/s: the rows this run computed over the summed seconds of those shard tasks (one worker's rate).
+    """
+    ran: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        acc = ran.setdefault((r["split"], r["encoder"]), [0, 0.0])
+        acc[0] += r["computed"]
+        acc[1] += r["seconds"]
+    store = FeatureStore(cfg.store, mode="r")
+    rows = []
+    for key, s in summary.items():  # "split/name@fingerprint"
+        split, sub = key.split("/", 1)
+        name, fp = sub.split("@", 1)
+        stored = store.split(cfg.subset, split).encoder(name, fp).nbytes_stored()
+        computed, seconds = ran.get((split, name), (0, 0.0))
+        rows.append(
+            {
+                "split": split,
+                "encoder": sub,
+                "rows_done": s["rows_done"],
+                "rows_total": s["rows_total"],
+                "failures": s["failures"],
+                "computed": int(computed),
+                "frames_per_s": round(computed / seconds, 2) if seconds > 0 else None,
+                "stored": _human_bytes(stored),
+                "bytes_stored": stored,
+            }
+        )
+    return rows
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    """One readable log line of a store_table row."""
+    line = f"{r['split']}/{r['encoder']}: {r['rows_done']}/{r['rows_total']} rows done"
+    if r["failures"]:
+        line += f", {r['failures']} failed"
+    line += f", {r['stored']} on disk"
+    if r["computed"]:
+        line += f"; this run computed {r['computed']} at {r['frames_per_s']} frames/s"
+    return line
+
+
+@flow(name="extract-features", flow_run_name=extract_run_name)
 @model_params(ExtractFlowSettings)
 def extract_features(**params: Any) -> dict[str, Any]:
     """Precompute CLIP, CLAP, SAM 2 and BEiT-3 features of an AVSBench subset into the Zarr store."""
     log = get_run_logger()
     s = settings(ExtractFlowSettings, params)
     cfg = s.stage()
+    run_tags = (cfg.subset, preset_label(cfg.preset))
+    tag_flow_run(*run_tags)
     shards = prepare(cfg)
-    log.info(f"{len(shards)} pending shard(s), {sum(sh.rows for sh in shards)} rows, runner {s.task_runner}")
-    results = []
+    rows = sum(sh.rows for sh in shards)
+    log.info(f"{len(shards)} pending shard(s), {rows} rows, runner {s.task_runner}, store {cfg.store}")
+    results, t = [], time.perf_counter()
     if shards:
-        results = _run_shards.with_options(task_runner=make_runner(s))(cfg, shards)
+        from prefect.runtime import flow_run
+
+        with tags(*run_tags):  # the sub-flow and its tasks carry them too
+            results = _run_shards.with_options(
+                task_runner=make_runner(s), flow_run_name=f"{flow_run.name}-shards"
+            )(cfg, shards, f"extract-{cfg.subset}-progress")
+    seconds = time.perf_counter() - t
     failures = [f for r in results for f in r["failures"]]
     for f in failures:
         log.warning(f"skipped {f['path']}: {f['error']}")
     summary = summarize(cfg)
-    log.info(f"store {cfg.store}: {summary}")
-    return {"computed": sum(r["computed"] for r in results), "failures": failures, "store": summary}
+    table = store_table(cfg, summary, results)
+    for r in table:
+        log.info(summary_line(r))
+    computed = sum(r["computed"] for r in results)
+    rate = f" ({computed / seconds:.1f} frames/s)" if computed and seconds > 0 else ""
+    log.info(f"this run: {computed} rows computed in {seconds:.1f} s{rate}, {len(failures)} skipped")
+    create_table_artifact(
+        key=f"extract-{cfg.subset}-store",
+        table=table,
+        description=(
+            f"{cfg.subset} features in {cfg.store} (preset {cfg.preset}): rows done per split and encoder; "
+            f"this run computed {computed} rows in {seconds:.1f} s{rate}"
+        ),
+    )
+    return {"computed": computed, "failures": failures, "store": summary}
 
 
 def run(s: ExtractFlowSettings) -> dict[str, Any]:

@@ -1,42 +1,192 @@
-"""Serve a `default` deployment of every flow: `python -m flows.serve` (or `av2t serve`)."""
+"""The deployments `av2t serve` serves (also `python -m flows.serve`, which takes the same options).
+
+| deployment | flow | tags | runs |
+|---|---|---|---|
+| `extract-features/extract` | extract-features | extract, on-demand | when asked |
+| `train-head/train` | train-head | train, on-demand | when asked |
+| `evaluate/on-demand` | evaluate (`flows.evaluate.evaluate`) | evaluate, on-demand | when asked |
+| `evaluate/nightly` | evaluate (`flows.evaluate.nightly`) | evaluate, nightly, the mode, each subset | on its cron |
+
+The nightly's paths are made absolute here, against the working directory of `av2t serve`, and checked;
+its deployment carries every parameter, so a run with no parameters (what the schedule starts) works.
+"""
 
 from __future__ import annotations
 
-from prefect import serve
-from prefect.schedules import Cron
+import sys
+from pathlib import Path
+from typing import Any
 
-from flows.evaluate import evaluate
-from flows.extract import extract_features
-from flows.prefect_runtime import ServerError, api_url
-from flows.train import train_head
-
-NIGHTLY_CRON = "0 3 * * *"
+from pipeline.settings import EvalFlowSettings, ServeSettings
 
 
-def deployments() -> list:
-    """The deployments this project serves."""
-    return [
-        extract_features.to_deployment(name="default"),
-        train_head.to_deployment(name="default"),
-        evaluate.to_deployment(name="default"),
-        # End to end on the test split with the newest checkpoint, every night; flags regressions.
+class DeploymentError(ValueError):
+    """A deployment cannot be served as asked (a missing folder, a bad schedule); names the option."""
+
+
+def _folder(option: str, path: Path, what: str) -> Path:
+    """path made absolute; a DeploymentError naming the option when it is not a folder."""
+    path = path.expanduser().resolve()
+    if not path.is_dir():
+        problem = "is not a folder" if path.exists() else "no such folder"
+        raise DeploymentError(f"{option} {path}: {problem} ({what})")
+    return path
+
+
+def resolve(s: ServeSettings) -> ServeSettings:
+    """The settings with absolute paths; for the nightly, root and checkpoints must be folders, and the
+    reports folder is created if missing."""
+    paths = {"checkpoints": s.checkpoints.expanduser().resolve(), "reports": s.reports.expanduser().resolve()}
+    if s.root is not None:
+        paths["root"] = s.root.expanduser().resolve()
+    if s.nightly:
+        paths["root"] = _folder("--root", s.root, "the nightly's AVSBench root")
+        paths["checkpoints"] = _folder("--checkpoints", s.checkpoints, "where the nightly looks for heads")
+        try:
+            paths["reports"].mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DeploymentError(
+                f"--reports {paths['reports']}: cannot create it ({e.strerror or e})"
+            ) from e
+    return s.model_copy(update=paths)
+
+
+def schedule_words(cron: str, tz: str) -> str:
+    """`every day at 03:00 UTC` for a daily cron line; the line itself otherwise."""
+    parts = cron.split()
+    if len(parts) == 5 and parts[2:] == ["*", "*", "*"] and parts[0].isdigit() and parts[1].isdigit():
+        return f"every day at {int(parts[1]):02d}:{int(parts[0]):02d} {tz}"
+    return f"on the cron line `{cron}` ({tz} time)"
+
+
+def nightly_warnings(s: ServeSettings) -> list[str]:
+    """What the nightly would fail on tonight as things stand (no clip list, no head for a subset)."""
+    from flows.evaluate import newest_checkpoint
+    from pipeline.data import layout
+
+    found = []
+    for subset in s.subsets:
+        csv = layout.meta_csv(s.root, subset)
+        if not csv.is_file():
+            found.append(f"{subset}: {csv} not found (is --root the AVSBench root?)")
+        try:
+            newest_checkpoint(s.checkpoints, subset)
+        except FileNotFoundError:
+            found.append(f"{subset}: no head trained on {subset} under {s.checkpoints} yet")
+    return found
+
+
+def _nightly_parameters(s: ServeSettings) -> dict[str, Any]:
+    return {
+        "root": str(s.root),
+        "checkpoints": str(s.checkpoints),
+        "reports": str(s.reports),
+        "subsets": list(s.subsets),
+        "split": s.split,
+        "mode": s.mode,
+        "store": s.store,
+        "tolerance": s.tolerance,
+        "on_regression": s.on_regression,
+    }
+
+
+def nightly_description(s: ServeSettings) -> str:
+    """The nightly deployment's description: when, what, and what a regression does."""
+    end = (
+        "the run ends Failed, named Regression"
+        if s.on_regression == "fail"
+        else "the run ends Completed, named 'Completed with regression'"
+    )
+    return (
+        f"Runs {schedule_words(s.cron, s.timezone)}. Re-evaluates {', '.join(s.subsets)} on the {s.split} split "
+        f"({s.mode}) of {s.root}, each subset with the newest best.pt trained on it under {s.checkpoints}, "
+        f"one `evaluate` subflow run per subset (nightly-<subset>-...), and compares each with the previous "
+        f"report of the same subset, split and mode under {s.reports}. A regression is a compared score "
+        f"(M_J, M_F, batch-free M_F) lower than the previous report's by more than {s.tolerance:g}: {end} "
+        f"(artifacts nightly-<subset>-{s.split} and nightly-<subset>-{s.split}-scores say which). "
+        "Run it now with no parameters: prefect deployment run evaluate/nightly."
+    )
+
+
+def deployments(settings: ServeSettings) -> list:
+    """The deployments this project serves (the nightly's from `settings`, made absolute and checked)."""
+    from prefect.schedules import Cron
+
+    from flows.evaluate import evaluate, nightly
+    from flows.extract import extract_features
+    from flows.train import train_head
+
+    s = resolve(settings)
+    on_demand: dict[str, Any] = {"checkpoints": str(s.checkpoints)}
+    if s.root is not None:
+        on_demand["root"] = str(s.root)
+    on_demand["reports"] = str(Path(EvalFlowSettings.model_fields["reports"].default).resolve())
+    served = [
+        extract_features.to_deployment(
+            name="extract",
+            tags=["extract", "on-demand"],
+            description="Extract the frozen encoders' features (CLIP, CLAP, SAM 2, BEiT-3, GT masks) of one "
+            "AVSBench subset into the feature store; resumable. Needs root and subset, e.g. prefect "
+            "deployment run extract-features/extract --param root=/data/AVSBench --param subset=s4.",
+        ),
+        train_head.to_deployment(
+            name="train",
+            tags=["train", "on-demand"],
+            description="Train one head (or a sweep file of heads) on a subset from the feature store; writes "
+            "best.pt, last.pt, metrics.csv and a comparison artifact under out. E.g. prefect deployment run "
+            "train-head/train --param store=runs/store.zarr --param subset=s4.",
+        ),
         evaluate.to_deployment(
-            name="nightly",
-            schedules=[Cron(NIGHTLY_CRON, timezone="UTC")],
-            parameters={"mode": "end-to-end", "split": "test"},
+            name="on-demand",
+            tags=["evaluate", "on-demand"],
+            parameters=on_demand,
+            description="Score one head on one subset (default: the newest best.pt trained on it under "
+            f"checkpoints, {s.checkpoints}) and compare with the previous report under reports "
+            f"({on_demand['reports']}); artifacts evaluate-<subset>-<split>. A regression ends the run "
+            "'Completed with regression' (on_regression=fail: Failed). E.g. prefect deployment run "
+            "evaluate/on-demand --param subset=s4" + ("" if s.root else " --param root=/data/AVSBench") + ".",
         ),
     ]
+    if s.nightly:
+        try:
+            schedule = Cron(s.cron, timezone=s.timezone, slug="nightly")
+        except ValueError:  # pydantic's ValidationError of the schedule
+            raise DeploymentError(
+                f"--cron {s.cron!r}: not a cron line (minute hour day month weekday, e.g. '0 3 * * *')"
+            ) from None
+        served.append(
+            nightly.to_deployment(
+                name="nightly",
+                schedules=[schedule],
+                parameters=_nightly_parameters(s),
+                tags=["evaluate", "nightly", s.mode, *s.subsets],
+                description=nightly_description(s),
+            )
+        )
+    return served
 
 
-def main() -> None:
+def main(settings: ServeSettings) -> None:
     """Serve until interrupted (on the server at PREFECT_API_URL: a temporary one would die with us)."""
+    from prefect import serve
+
+    from flows.prefect_runtime import ServerError, api_url
+
+    s = resolve(settings)
+    served = deployments(s)  # the options' errors before the server's
     if not api_url():
         raise ServerError(
             "serving needs a running Prefect server: start one (`prefect server start`) and set "
             "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)"
         )
-    serve(*deployments())
+    if s.nightly:
+        for w in nightly_warnings(s):
+            print(f"av2t serve: warning: the nightly would fail now: {w}", file=sys.stderr)
+        print(f"av2t serve: evaluate/nightly runs {schedule_words(s.cron, s.timezone)}", file=sys.stderr)
+    serve(*served)
 
 
 if __name__ == "__main__":
-    main()
+    from flows.cli import main as cli
+
+    sys.exit(cli(["serve", *sys.argv[1:]]))

@@ -21,6 +21,7 @@ DEFAULT_STORE = "runs/store.zarr"
 Split = Literal["train", "val", "test"]
 SubsetName = Literal["s4", "ms3"]
 EvalMode = Literal["cached", "end-to-end"]
+OnRegression = Literal["fail", "warn"]
 RunnerKind = Literal["threads", "dask"]
 
 
@@ -241,11 +242,42 @@ class EvalFlowSettings(EvalConfig):
     tolerance: float = Field(
         0.005, ge=0, description="a metric lower than the previous report's by more than this is a regression"
     )
+    on_regression: OnRegression = Field(
+        "warn",
+        description="a regression: fail (the run ends Failed, named Regression) or warn (it ends Completed, "
+        "named 'Completed with regression')",
+    )
 
     def stage(self, checkpoint: Path, out: Path) -> EvalConfig:
         """The evaluate stage's part, for this checkpoint and report folder."""
         fields = self.model_dump(include=set(EvalConfig.model_fields))
         return EvalConfig.model_validate(fields | {"checkpoint": checkpoint, "out": out, "progress": False})
+
+
+class NightlySettings(EvalFlowSettings):
+    """The nightly re-evaluation: every subset asked, each with its newest head, compared with its last report."""
+
+    root: Path = Field(
+        description="AVSBench root holding every subset re-evaluated (Single-source/, Multi-sources/)"
+    )
+    checkpoints: Path = Field(
+        description="folder searched for each subset's newest best.pt (a head trained on it)"
+    )
+    reports: Path = Field(
+        description="each subset writes reports/<time>-<subset>-<split>/ and compares with the latest earlier "
+        "one of the same subset, split and mode (keep the folder for the nightly: any report there is a reference)"
+    )
+    subsets: list[SubsetName] = Field(
+        default_factory=lambda: ["s4", "ms3"],
+        min_length=1,
+        description="subsets re-evaluated, one after the other, each with its own newest head",
+    )
+    on_regression: OnRegression = _like(EvalFlowSettings, "on_regression", "fail")
+
+    def subset_settings(self, subset: str) -> EvalFlowSettings:
+        """The evaluate flow's settings for one subset (its newest head: checkpoint left unset)."""
+        fields = self.model_dump(include=set(EvalFlowSettings.model_fields) - {"checkpoint", "subset"})
+        return EvalFlowSettings.model_validate(fields | {"subset": subset})
 
 
 class DemoSettings(BaseModel):
@@ -351,3 +383,70 @@ class OfficialExportOptions(_Options):
         None, description="the head's preset weights folder (default: $AV2T_WEIGHTS, else ./weights)"
     )
     device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
+
+
+def _nightly(name: str, default: Any, description: str = "") -> Any:
+    """A field of the nightly with a default for `av2t serve`, its description kept (or replaced)."""
+    return Field(default, description=description or NightlySettings.model_fields[name].description)
+
+
+class ServeSettings(_Options):
+    """av2t serve: the deployments it serves, and where and when the nightly re-evaluates."""
+
+    nightly: bool = Field(
+        True, description="serve the scheduled evaluate/nightly (needs --root); --no-nightly: the others only"
+    )
+    root: Path | None = Field(
+        None,
+        description="the nightly's AVSBench root, holding every subset in --subsets; required unless "
+        "--no-nightly (also the default root of evaluate/on-demand)",
+    )
+    checkpoints: Path = _nightly(
+        "checkpoints",
+        Path("runs"),
+        "the nightly's folder searched for each subset's newest best.pt (also evaluate/on-demand's)",
+    )
+    reports: Path = _nightly(
+        "reports",
+        Path("runs/reports/nightly"),
+        "the nightly's reports folder: each subset writes <time>-<subset>-<split>/ and is compared with the "
+        "latest earlier one there (created if missing; evaluate/on-demand writes elsewhere)",
+    )
+    subsets: list[SubsetName] = _nightly("subsets", ["s4", "ms3"])
+    split: Split = _nightly("split", "test", "split the nightly scores")
+    mode: EvalMode = _nightly("mode", "end-to-end", "cached or end-to-end: how the nightly scores")
+    store: str | None = _nightly("store", None, "the nightly's feature store (needed with --mode cached)")
+    tolerance: float = Field(
+        EvalFlowSettings.model_fields["tolerance"].default,
+        ge=0,
+        description=EvalFlowSettings.model_fields["tolerance"].description,
+    )
+    on_regression: OnRegression = _nightly(
+        "on_regression",
+        "fail",
+        "a regression found by the nightly: fail (the run ends Failed, named "
+        "Regression) or warn (Completed, named 'Completed with regression')",
+    )
+    cron: str = Field(
+        "0 3 * * *", description="when the nightly runs: a cron line (minute hour day month weekday)"
+    )
+    timezone: str = Field("UTC", description="the IANA time zone of --cron (e.g. UTC, Europe/Paris)")
+
+    @model_validator(mode="after")
+    def _nightly_needs(self) -> ServeSettings:
+        """A nightly needs a root and a schedule in a known time zone."""
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if self.nightly and self.root is None:
+            raise ValueError(
+                "--root is required to serve the nightly (the AVSBench root), or pass --no-nightly"
+            )
+        if self.nightly and self.mode == "cached" and not self.store:
+            raise ValueError("--mode cached needs --store (the feature store the nightly reads)")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"--timezone: unknown time zone {self.timezone!r} (an IANA name such as UTC or Europe/Paris)"
+            ) from None
+        return self

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -153,8 +153,11 @@ def check_subset(cfg: EvalConfig, ck: HeadCheckpoint) -> list[str]:
     return [msg]
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Score the checkpoint's head on the split; write the report files under cfg.out; return the report."""
+def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Score the checkpoint's head on the split; write the report files under cfg.out; return the report.
+
+    on_video(done, total), if given, is called once the model is built (done 0) and after each video scored.
+    """
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -183,9 +186,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     overlays = Overlays(cfg.overlays)
     sinks = [*evaluators, overlays] + ([MaskWriter(out / "masks")] if cfg.save_masks else [])
-    for video in tqdm(outputs, total=len(videos), desc="evaluate", unit="video", disable=not cfg.progress):
+    if on_video is not None:
+        on_video(0, len(videos))
+    bar = tqdm(outputs, total=len(videos), desc="evaluate", unit="video", disable=not cfg.progress)
+    for done, video in enumerate(bar, start=1):
         for sink in sinks:
             sink.process(video)
+        if on_video is not None:
+            on_video(done, len(videos))
     evaluation = summarize(evaluators)
     report: dict[str, Any] = {
         **evaluation.fields,

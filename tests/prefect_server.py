@@ -1,8 +1,14 @@
-"""A real Prefect server on loopback with a temporary PREFECT_HOME, plus the project's served deployments."""
+"""A real Prefect server on loopback with a temporary PREFECT_HOME, plus the project's served deployments.
+
+`av2t serve` (as `python -m flows.serve`) serves them, its nightly on <home>/nightly/{data,runs,reports}:
+folders created empty here, which a test fills (it reads them back from the nightly deployment's parameters).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,9 +40,53 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"prefect server at {url} not healthy after {timeout} s")
 
 
+SERVED = ("extract", "train", "on-demand", "nightly")  # the deployment names `av2t serve` registers
+
+
+def nightly_folders(home: Path) -> list[str]:
+    """`av2t serve` options for a nightly on empty folders under home (the nightly tree of the tests)."""
+    base = home / "nightly"
+    for name in ("data", "runs", "reports"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+    return [
+        "--root",
+        str(base / "data"),
+        "--checkpoints",
+        str(base / "runs"),
+        "--reports",
+        str(base / "reports"),
+    ]
+
+
+def _served(url: str) -> set[str]:
+    request = urllib.request.Request(
+        f"{url}/deployments/filter", data=b'{"limit": 50}', headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return {d["name"] for d in json.loads(r.read())}
+    except OSError:
+        return set()
+
+
+def _wait_served(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Until `flows.serve` has registered every deployment (its log's tail if it exits first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flows.serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        if set(SERVED) <= _served(url):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"flows.serve did not register {SERVED} within {timeout} s: {log.read_text()[-2000:]}")
+
+
 @contextmanager
-def prefect_server(home: Path, serve: bool = True):
-    """Yield the environment (PREFECT_API_URL set) of a running server with `flows.serve` serving."""
+def prefect_server(home: Path, serve: bool = True, serve_args: list[str] | None = None):
+    """Yield the environment (PREFECT_API_URL set) of a running server with `flows.serve` serving.
+
+    serve_args: the `av2t serve` options (default: the nightly on empty folders under home, nightly_folders).
+    """
     port = _free_port()
     env = {
         **os.environ,
@@ -63,9 +113,10 @@ def prefect_server(home: Path, serve: bool = True):
     try:
         _wait_healthy(env["PREFECT_API_URL"], server, timeout=120)
         if serve:
+            args = nightly_folders(home) if serve_args is None else serve_args
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "flows.serve"],
+                    [sys.executable, "-m", "flows.serve", *args],
                     env=env,
                     cwd=str(REPO),
                     stdout=files.enter_context(open(logs / "serve.log", "w")),  # noqa: SIM115
@@ -73,23 +124,26 @@ def prefect_server(home: Path, serve: bool = True):
                     start_new_session=True,
                 )
             )
+            _wait_served(env["PREFECT_API_URL"], procs[-1], logs / "serve.log", timeout=180)
         yield env
     finally:
-        for p in reversed(procs):
-            with suppress(ProcessLookupError):
-                os.killpg(p.pid, 15)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, 9)
+        # `serve` first, with Ctrl-C (it then pauses its deployments while the server still answers).
+        for p, sig, wait in ((procs[1:], signal.SIGINT, 15), (procs[:1], signal.SIGTERM, 30)):
+            for proc in p:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+            for proc in p:
+                try:
+                    proc.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    with suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         files.close()
 
 
 def deployment_run(env: dict, name: str, params: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     """`prefect deployment run NAME --param k=v ... --watch`, retried until the served deployment exists."""
-    import json
-
     prefect = str(Path(sys.executable).parent / "prefect")
     args = [prefect, "deployment", "run", name, "--watch", "--watch-timeout", str(int(timeout))]
     for k, v in params.items():

@@ -50,7 +50,9 @@ def read_meta(root: Path, subset: Subset) -> list[MetaRow]:
         raise DataError(f"unknown subset {subset!r}; expected one of {SUBSETS}")
     path = layout.meta_csv(root, subset)
     if not path.is_file():
-        raise DataError(f"{path}: metadata CSV not found (is --root the AVSBench root?)")
+        raise DataError(
+            f"{path}: metadata CSV not found (is root, the --root option or root parameter, the AVSBench root?)"
+        )
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
