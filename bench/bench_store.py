@@ -17,6 +17,7 @@ import torch
 
 from cache import ArraySpec, FeatureStore, SplitIndex
 from cache.batches import FeatureBatches, Source
+from cache.feed import open_reader
 from cache.store import CODECS
 
 # SAM 2's 64x64 image embedding (256 channels): the largest array a head trains from.
@@ -54,6 +55,17 @@ def time_store_epoch(url: str, enc, batch: int, seed: int) -> float:
     t = time.perf_counter()
     for i in range(len(ds)):
         ds[i]["fmap"].sum()
+    return time.perf_counter() - t
+
+
+def time_reader_epoch(url: str, enc, batch: int, seed: int) -> float:
+    """Seconds for one shuffled epoch through the train stage's reader, streaming (cache.feed.open_reader)."""
+    r = open_reader(
+        url, "s4", "train", {"fmap": Source(enc.key, "fmap")}, batch, True, seed, mode="streaming"
+    )
+    t = time.perf_counter()
+    for b in r.epoch(0):
+        b["fmap"].sum()
     return time.perf_counter() - t
 
 
@@ -108,6 +120,10 @@ def main() -> None:
             t = min(time_store_epoch(url, enc, a.batch, s) for s in range(a.repeats))
             print(
                 f"{'store, ' + codec:<24}{mib / t:>10.0f} MiB/s   store/plain throughput ratio {plain / t:.2f}"
+            )
+            t = min(time_reader_epoch(url, enc, a.batch, s) for s in range(a.repeats))
+            print(
+                f"{'open_reader, ' + codec:<24}{mib / t:>10.0f} MiB/s   store/plain throughput ratio {plain / t:.2f}"
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -90,6 +90,10 @@ class FeatureBatches(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         """One batch; a damaged chunk (checksum, decoding, non-finite before checksums) raises StoreDamaged."""
+        return self._batch(i)
+
+    def _batch(self, i: int) -> dict[str, torch.Tensor]:
+        """Batch i read from the store (readers that hold rows in memory override this)."""
         rows = self._batches[i]
         out: dict[str, torch.Tensor] = {"row": torch.from_numpy(rows.copy())}
         arrays = self._open()
@@ -129,7 +133,11 @@ def sources(models: list[CachedModel], groups: Mapping[str, EncoderGroup]) -> di
 def prefetch(
     ds: FeatureBatches, epoch: int = 0, max_steps: int | None = None
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch of batches in order, the next one read in a thread while this one runs."""
+    """One epoch of batches in order, the next one read in a thread while this one runs.
+
+    With a `cache.feed.TrainReader` the batches come from memory (resident) or from whole blocks decoded
+    ahead in threads (streaming); `TrainReader.epoch(e)` is this.
+    """
     ds.set_epoch(epoch)
     n = len(ds) if max_steps is None else min(len(ds), max_steps)
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -155,23 +155,33 @@ def m_f_raw_logits(logits: Tensor, gt: Tensor) -> float:
     same tensor its `mask_iou` passes through sigmoid). The [0, 1] thresholds then cut logits: every
     non-negative logit is positive at t = 0 and every logit >= 1 at t = 1. We report it next to m_f.
     """
+    return raw_logit_f(logits, gt).item()
+
+
+def raw_logit_f(logits: Tensor, gt: Tensor) -> Tensor:
+    """m_f_raw_logits as a 0-dim float32 tensor on the logits' device (no host round trip)."""
     logits, fg = _check(logits, gt)
-    return _mean_curve(_frame_f_curves(logits, fg)).max().item()
+    return _mean_curve(_frame_f_curves(logits, fg)).max()
 
 
 @dataclass
 class _Batch:
-    """What the accumulator keeps of one added batch."""
+    """What the accumulator keeps of one added batch: tensors on the logits' device until first read.
+
+    `add` makes no host round trip beyond the data-dependent frame selection of the F curves; `_sync`
+    copies the values of every batch added since the last read to the host in one go, unchanged.
+    """
 
     video: str
     category: str | None
     frames: list[int]
-    ious: list[float]
-    gt_empty: list[bool]
-    mj: float  # official per-batch M_J
-    f: float  # official per-batch M_F; NaN when every GT is empty
+    ious: Tensor | list[float]  # (N,) float32 frame IoUs
+    gt_empty: Tensor | list[bool]  # (N,) bool
+    mj: Tensor | float  # official per-batch M_J (float32)
+    f: Tensor | float  # official per-batch M_F (float32); NaN when every GT is empty
     curve_sum: Tensor  # float64 sum of the non-empty frames' F curves (batch-free variant)
     counted: int  # frames with a non-empty GT
+    on_host: bool = False
 
 
 @dataclass
@@ -183,6 +193,9 @@ class MetricAccumulator:
     M_F the Python-float mean of per-batch M_F where an all-empty-GT batch counts 0.0, as in test.py.
     "all": batch-free; M_J is the mean IoU over all frames and M_F the max of the F curve averaged over
     every non-empty-GT frame of the dataset (float64 sums).
+
+    Scores are computed on the logits' device and stay there until a summary or a table is asked for
+    (then every pending batch is copied to the host at once): the numbers are the same bit for bit.
     """
 
     batching: Literal["video", "all"] = "video"
@@ -216,14 +229,31 @@ class MetricAccumulator:
             video=video,
             category=category,
             frames=frames,
-            ious=ious.cpu().tolist(),
-            gt_empty=(~fg.flatten(1).any(1)).cpu().tolist(),
-            mj=(ious.sum() / n).item(),
-            f=_mean_curve(curves).max().item() if counted else math.nan,
-            curve_sum=curves.double().sum(0).cpu(),
+            ious=ious,
+            gt_empty=~fg.flatten(1).any(1),
+            mj=ious.sum() / n,
+            f=_mean_curve(curves).max() if counted else ious.new_full((), math.nan),
+            curve_sum=curves.double().sum(0),
             counted=counted,
         )
         self._batches.append(batch)
+
+    def _sync(self) -> list[_Batch]:
+        """Every batch with its values on the host (one copy per kind of value for all pending batches)."""
+        todo = [b for b in self._batches if not b.on_host]
+        if todo:
+            ious = torch.cat([b.ious for b in todo]).cpu().tolist()
+            empty = torch.cat([b.gt_empty for b in todo]).cpu().tolist()
+            mj = torch.stack([b.mj for b in todo]).cpu().tolist()
+            f = torch.stack([b.f for b in todo]).cpu().tolist()
+            curves = torch.stack([b.curve_sum for b in todo]).cpu()
+            at = 0
+            for i, b in enumerate(todo):
+                n = len(b.frames)
+                b.ious, b.gt_empty = ious[at : at + n], empty[at : at + n]
+                b.mj, b.f, b.curve_sum, b.on_host = mj[i], f[i], curves[i], True
+                at += n
+        return self._batches
 
     def _scores(self, batches: Sequence[_Batch]) -> tuple[float, float]:
         """(M_J, M_F) of a group of batches under this accumulator's batching."""
@@ -245,7 +275,7 @@ class MetricAccumulator:
 
     def summary(self) -> dict:
         """Dataset scores: M_J, M_F, batching, frames, videos, and how many frames/videos have empty GT."""
-        mj, mf = self._scores(self._batches)
+        mj, mf = self._scores(self._sync())
         return {
             "M_J": mj,
             "M_F": mf,
@@ -260,20 +290,20 @@ class MetricAccumulator:
         """One row per frame: video, frame, category, iou, gt_empty."""
         rows = [
             (b.video, k, b.category, iou, empty)
-            for b in self._batches
+            for b in self._sync()
             for k, iou, empty in zip(b.frames, b.ious, b.gt_empty, strict=True)
         ]
         return pd.DataFrame(rows, columns=["video", "frame", "category", "iou", "gt_empty"])
 
     def video_table(self) -> pd.DataFrame:
         """One row per batch: video, category, frames, M_J (official per-batch), F (NaN if all GT empty)."""
-        rows = [(b.video, b.category, len(b.frames), b.mj, b.f) for b in self._batches]
+        rows = [(b.video, b.category, len(b.frames), b.mj, b.f) for b in self._sync()]
         return pd.DataFrame(rows, columns=["video", "category", "frames", "M_J", "F"])
 
     def category_table(self) -> pd.DataFrame:
         """One row per category (None kept as its own group): category, videos, frames, M_J, M_F."""
         groups: dict[str | None, list[_Batch]] = {}
-        for b in self._batches:
+        for b in self._sync():
             groups.setdefault(b.category, []).append(b)
         rows = []
         for category, batches in groups.items():

@@ -37,6 +37,7 @@ from pipeline.evaluation.report import MaskWriter, Overlays, clips_digest, write
 from pipeline.model import AV2TSAM
 from pipeline.model.build import build_model, encoder_widths, frozen_encoders, sam2_overrides
 from pipeline.model.head_checkpoint import HeadCheckpoint, check_features, load_head, read_head
+from pipeline.model.precision import as_fp32, autocast, resolve_precision
 from pipeline.settings import EvalConfig
 
 FEATURE_ENCODERS = ("clip", "clap", "sam2", "beit3")
@@ -93,7 +94,9 @@ def cached_outputs(
         with torch.inference_mode():
             for v in variants:
                 b = batch if v == REAL else {**batch, "clap": claps[v](r).float()}
-                logits[v] = model.forward_cached(b)["logits"].float().cpu()
+                with autocast(cfg.precision, device):
+                    out = model.forward_cached(b)
+                logits[v] = out["logits"].float().cpu()
         return {"logits": logits}
 
     def outputs() -> Iterator[VideoOutput]:
@@ -139,7 +142,16 @@ def end_to_end_model(cfg: EvalConfig, ck: HeadCheckpoint, device: torch.device) 
     encs["gt"] = get_encoder("gt", preset, wd, "cpu")
     model = build_model(ck.head, preset, **encoder_widths(encs), weights_dir=wd, device=device, encoders=encs)
     load_head(ck, model)
-    return model.eval(), encs
+    model.eval()
+    if resolve_precision(cfg.precision, device) == "bf16":  # the head's forward only: CLIP / CLAP stay fp32
+        forward_raw = model.forward_raw
+
+        def bf16_forward_raw(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+            with autocast("bf16", device):
+                return as_fp32(forward_raw(*args, **kwargs))
+
+        model.forward_raw = bf16_forward_raw  # type: ignore[method-assign]
+    return model, encs
 
 
 def check_subset(cfg: EvalConfig, ck: HeadCheckpoint) -> list[str]:
@@ -215,6 +227,7 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
         "warnings": warnings,
         "store": cfg.store if cfg.mode == "cached" else None,
         "device": str(device),
+        "precision": resolve_precision(cfg.precision, device),
         "evaluators": [e.name for e in evaluators],
         "score_rows": [row.to_json() for row in evaluation.rows],
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +15,15 @@ import pandas as pd
 import torch
 
 from cache import EncoderGroup, FeatureStore, StoreError, fingerprint
-from cache.batches import FeatureBatches, Source, prefetch, sources, to_device, video_outputs
+from cache.batches import FeatureBatches, Source, sources, to_device, video_outputs
+from cache.feed import TrainReader, open_reader
 from pipeline.encoders.registry import resolve_device
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
 from pipeline.files import save_torch, write_atomic, write_text
 from pipeline.model import AV2TSAM, HeadConfig, head_config, segmentation_loss
 from pipeline.model.build import build_model, frozen_encoders, sam2_overrides
 from pipeline.model.head_checkpoint import head_payload, save_head
+from pipeline.model.precision import as_fp32, autocast, resolve_precision
 from pipeline.settings import OptimConfig, TrainConfig
 
 FEATURES = ("clip", "clap", "sam2", "beit3", "gt")
@@ -31,20 +33,30 @@ class TrainingDiverged(RuntimeError):
     """Training met a non-finite loss, output or weight; nothing was saved from that state."""
 
 
-def nonfinite_rows(batch: dict[str, torch.Tensor], rows: np.ndarray, index) -> list[str]:
-    """The rows of a batch with a non-finite value in any feature, as 'video frame k (row r)'."""
-    bad = torch.zeros(len(rows), dtype=torch.bool)
+def row_nonfinite(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) bool on the batch's device: rows with a non-finite value in any feature (no host round trip)."""
+    bad = None
     for k, v in batch.items():
         if k != "row" and v.is_floating_point():
-            bad |= ~torch.isfinite(v.flatten(1)).all(1).cpu()
-    return [f"{index.video[r]} frame {int(index.frame[r])} (row {int(r)})" for r in rows[bad.numpy()]]
+            b = ~torch.isfinite(v.flatten(1)).all(1)
+            bad = b if bad is None else bad | b
+    if bad is None:
+        return torch.zeros(len(next(iter(batch.values()))), dtype=torch.bool)
+    return bad
 
 
-def diverged(
-    what: str, batch: dict[str, torch.Tensor], rows: np.ndarray, index, cfg: TrainConfig
-) -> TrainingDiverged:
-    """The error for a non-finite value at `what`, naming the rows whose features are not finite, if any."""
-    found = nonfinite_rows(batch, rows, index)
+def nonfinite_rows(bad: torch.Tensor, rows: np.ndarray, index) -> list[str]:
+    """The rows flagged by `row_nonfinite`, as 'video frame k (row r)'."""
+    return [f"{index.video[r]} frame {int(index.frame[r])} (row {int(r)})" for r in rows[bad.cpu().numpy()]]
+
+
+def diverged(what: str, bad: torch.Tensor, rows: np.ndarray, index, cfg: TrainConfig) -> TrainingDiverged:
+    """The error for a non-finite value at `what`, naming the rows whose features are not finite, if any.
+
+    `bad` is the step's `row_nonfinite` flags (kept per step: the batch itself is gone when the epoch's
+    losses are read).
+    """
+    found = nonfinite_rows(bad, rows, index)
     if found:
         cause = (
             f"non-finite features in {len(found)} row(s): {', '.join(found[:5])}"
@@ -97,12 +109,28 @@ def open_features(cfg: TrainConfig, split: str, frozen: dict[str, Any]) -> Featu
 
 
 def open_batches(
-    cfg: TrainConfig, split: str, srcs: dict[str, Source], shuffle: bool, batch_size: int
-) -> FeatureBatches:
-    """A split's batches; open once per run (the store's metadata and completion records are read here)."""
-    return FeatureBatches(
-        cfg.store, cfg.subset, split, srcs, batch_size=batch_size, shuffle=shuffle, seed=cfg.seed
-    )
+    cfg: TrainConfig,
+    split: str,
+    srcs: dict[str, Source],
+    shuffle: bool,
+    batch_size: int,
+    device: torch.device | None = None,
+    rows: np.ndarray | None = None,
+) -> TrainReader:
+    """A split's reader (`cache.feed.open_reader`): resident when it fits cfg's budget, else streaming.
+
+    Open once per run (the store's metadata and completion records are read here; a resident split is read
+    whole here). `reader.epoch(e, max_steps)` yields the epoch's batches; the decision is logged.
+    """
+    budget = None if cfg.memory_budget_gib is None else cfg.memory_budget_gib * 2**30
+    reader = open_reader(
+        cfg.store, cfg.subset, split, srcs, batch_size=batch_size, shuffle=shuffle, seed=cfg.seed,
+        mode=cfg.feed, memory_budget=budget, device=device, rows=rows, window=cfg.shuffle_window,
+        threads=cfg.reader_threads,
+    )  # fmt: skip
+    if cfg.progress:
+        print(reader.describe())
+    return reader
 
 
 @dataclass
@@ -117,51 +145,98 @@ class HeadRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_mj: float = -1.0
     seconds: float = 0.0
+    precision: str = "fp32"  # resolved: "fp32" or "bf16"
+    forward: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None  # compiled, if asked
 
 
 def make_run(
-    name: str, head: HeadConfig, model: AV2TSAM, optim: OptimConfig, steps_per_epoch: int
+    name: str,
+    head: HeadConfig,
+    model: AV2TSAM,
+    optim: OptimConfig,
+    steps_per_epoch: int,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> HeadRun:
-    """AdamW over the trainable parameters, cosine over all steps."""
+    """AdamW over the trainable parameters, cosine over all steps; optionally a torch.compile'd forward."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, optim.epochs * steps_per_epoch), eta_min=optim.min_lr
     )
-    return HeadRun(name, head, model, opt, sched)
+    forward = torch.compile(model.forward_cached, dynamic=False) if compile else None
+    return HeadRun(name, head, model, opt, sched, precision=precision, forward=forward)
 
 
-def train_step(run: HeadRun, batch: dict[str, torch.Tensor]) -> float:
-    """One optimiser step on one batch; returns the loss."""
+def train_step(run: HeadRun, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One optimiser step on one batch; returns the loss as a detached 0-dim tensor on the device.
+
+    Nothing here reads a value back to the host: the caller keeps the losses and reads them once per epoch.
+    The forward runs under the run's precision (bf16 autocast or fp32); the loss is computed in fp32.
+    """
     t = time.perf_counter()
     run.model.train()
-    out = run.model.forward_cached(batch)
-    loss = segmentation_loss(out, batch["mask"], run.head)["loss"]
+    with autocast(run.precision, run.model.device):
+        out = (run.forward or run.model.forward_cached)(batch)
+    loss = segmentation_loss(as_fp32(out), batch["mask"], run.head)["loss"]
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
     run.sched.step()
     run.seconds += time.perf_counter() - t
-    return float(loss.detach())
+    return loss.detach()
+
+
+def epoch_loss(
+    run: HeadRun,
+    epoch: int,
+    losses: list[torch.Tensor],
+    bad: Mapping[int, torch.Tensor],
+    rows: Mapping[int, np.ndarray],
+    index,
+    cfg: TrainConfig,
+) -> float:
+    """The epoch's mean train loss, read from the device once; the first non-finite step raises, named.
+
+    losses, bad (each step's `row_nonfinite`) and rows (each step's store rows) are kept per step (0-based).
+    """
+    if not losses:
+        return float("nan")
+    values = torch.stack(losses).cpu().numpy().astype(np.float64)  # the one read of the epoch's losses
+    nonfinite = np.flatnonzero(~np.isfinite(values))
+    if len(nonfinite):
+        step = int(nonfinite[0])
+        what = f"{run.name}: epoch {epoch + 1}, step {step + 1}: the loss ({values[step]})"
+        raise diverged(what, bad[step], rows[step], index, cfg)
+    return float(np.mean(values))
 
 
 @torch.no_grad()
 def validate(
     runs: list[HeadRun], cfg: TrainConfig, val: FeatureBatches, index, device: torch.device
 ) -> list[dict[str, Any]]:
-    """Val loss, M_J and M_F (one video per M_F batch: the evaluate stage's evaluator) of every head."""
+    """Val loss, M_J and M_F (one video per M_F batch: the evaluate stage's evaluator) of every head.
+
+    Everything stays on the device (logits, per-video scores, losses, finiteness flags) until the end,
+    where each head's values are read once; the scores are the official ones bit for bit.
+    """
     evaluators = [OfficialScores() for _ in runs]
-    losses: list[list[float]] = [[] for _ in runs]
+    losses: list[list[torch.Tensor]] = [[] for _ in runs]
+    finite: list[list[torch.Tensor]] = [[] for _ in runs]
+    bad: list[torch.Tensor] = []
+    seen: list[np.ndarray] = []
 
     def forward(batch: dict[str, torch.Tensor], rows) -> dict[str, Any]:
         logits = {}
+        bad.append(row_nonfinite(batch))
+        seen.append(rows)
         for i, run in enumerate(runs):
             run.model.eval()
-            out = run.model.forward_cached(batch)
-            if not torch.isfinite(out["logits"]).all():
-                raise diverged(f"{run.name}: validation ({cfg.val_split}) output", batch, rows, index, cfg)
-            losses[i].append(float(segmentation_loss(out, batch["mask"], run.head)["loss"]))
-            logits[str(i)] = out["logits"].cpu()
+            with autocast(run.precision, device):
+                out = as_fp32(run.model.forward_cached(batch))
+            finite[i].append(torch.isfinite(out["logits"]).all())
+            losses[i].append(segmentation_loss(out, batch["mask"], run.head)["loss"])
+            logits[str(i)] = out["logits"]
         return {"logits": logits}
 
     for v in video_outputs(val, index, forward, device, cfg.max_steps):
@@ -170,16 +245,49 @@ def validate(
             e.process(VideoOutput(v.video, v.category, v.frames, v.fields["mask"], logits))
     results = []
     for i, e in enumerate(evaluators):
+        if finite[i]:
+            ok = torch.stack(finite[i]).cpu().numpy()
+            if not ok.all():
+                step = int(np.flatnonzero(~ok)[0])
+                what = f"{runs[i].name}: validation ({cfg.val_split}) output"
+                raise diverged(what, bad[step], seen[step], index, cfg)
         s = e.evaluate()
-        loss = float(np.mean(losses[i])) if losses[i] else float("nan")
+        loss = float(torch.stack(losses[i]).cpu().double().mean()) if losses[i] else float("nan")
         results.append({"val_loss": loss, "val_M_J": s["M_J"], "val_M_F": s["M_F"]})
     return results
+
+
+def val_subset(index, n_rows: int | None, seed: int) -> np.ndarray | None:
+    """A fixed, seeded subset of whole validation videos holding at least n_rows rows (None: every row).
+
+    The same for every epoch and every head of a run (it depends on the seed and the index only).
+    """
+    if n_rows is None or n_rows >= len(index.video):
+        return None
+    videos = index.videos()
+    picked, total = [], 0
+    for k in np.random.default_rng((seed, 1)).permutation(len(videos)):
+        rows = index.rows_of(videos[k])
+        picked.append(rows)
+        total += len(rows)
+        if total >= n_rows:
+            break
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def restrict_rows(
+    cfg: TrainConfig, ds: FeatureBatches, rows: np.ndarray | None, device: torch.device
+) -> FeatureBatches:
+    """The validation reader over `rows` only: `ds` itself when it already reads exactly those rows."""
+    if rows is None or np.array_equal(ds.rows, rows):
+        return ds
+    return open_batches(cfg, ds.split, ds.sources, False, ds.batch_size, device, rows=rows)
 
 
 def save_checkpoints(
     run: HeadRun, cfg: TrainConfig, feats: Features, out: Path, epoch: int, metrics: dict[str, Any]
 ) -> None:
-    """last.pt (with optimiser state, for resume) every epoch; best.pt when val M_J improves; both atomic."""
+    """last.pt (with optimiser state, for resume) every epoch; best.pt when a validated M_J improves; atomic."""
     payload = head_payload(
         run.model,
         name=run.name,
@@ -189,8 +297,9 @@ def save_checkpoints(
         epoch=epoch,
         metrics=metrics,
         optim=cfg.optimiser().model_dump(),
+        precision=run.precision,
     )
-    if metrics["val_M_J"] > run.best_mj:
+    if metrics.get("validated", True) and metrics["val_M_J"] > run.best_mj:
         run.best_mj = metrics["val_M_J"]
         save_head(payload, out / "best.pt")
     last = {
@@ -261,11 +370,11 @@ def write_log(run: HeadRun, out: Path) -> None:
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(df["epoch"], df["train_loss"], label="train")
-    ax[0].plot(df["epoch"], df["val_loss"], label="val")
+    ax[0].plot(df["epoch"], df["val_loss"], "o-", ms=3, label="val")  # NaN on epochs not validated
     ax[0].set(xlabel="epoch", ylabel="loss", title=run.name)
     ax[0].legend()
-    ax[1].plot(df["epoch"], df["val_M_J"], label="M_J")
-    ax[1].plot(df["epoch"], df["val_M_F"], label="M_F")
+    ax[1].plot(df["epoch"], df["val_M_J"], "o-", ms=3, label="M_J")
+    ax[1].plot(df["epoch"], df["val_M_F"], "o-", ms=3, label="M_F")
     ax[1].set(xlabel="epoch", ylim=(0, 1), title="validation")
     ax[1].legend()
     fig.tight_layout()
@@ -295,8 +404,14 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
     train_feats = feats[cfg.train_split]
     runs = []
     n_train = train_feats.groups["gt"].split.n_rows
-    steps = -(-n_train // optim.batch_size)
-    steps = steps if cfg.max_steps is None else min(cfg.max_steps, steps)
+    # compile: a static batch, so training drops the last, short batch of an epoch.
+    if cfg.compile and n_train < optim.batch_size:
+        raise ValueError(
+            f"compile drops short batches: {n_train} training rows < batch size {optim.batch_size}"
+        )
+    steps = n_train // optim.batch_size if cfg.compile else -(-n_train // optim.batch_size)
+    steps = max(1, steps if cfg.max_steps is None else min(cfg.max_steps, steps))
+    precision = resolve_precision(cfg.precision, device)
     for name, head in heads.items():
         torch.manual_seed(head.seed)
         model = build_model(
@@ -307,43 +422,63 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
             device=device,
             encoders=frozen,
         )
-        runs.append(make_run(name, head, model, optim, steps))
+        runs.append(make_run(name, head, model, optim, steps, precision, cfg.compile))
     outs = {r.name: (cfg.out if len(runs) == 1 else cfg.out / r.name) for r in runs}
     start = min(try_resume(r, outs[r.name], optim) if cfg.resume else 0 for r in runs)
     models = [r.model for r in runs]
-    train_ds = open_batches(cfg, cfg.train_split, sources(models, train_feats.groups), True, optim.batch_size)
+    train_ds = open_batches(
+        cfg, cfg.train_split, sources(models, train_feats.groups), True, optim.batch_size, device
+    )
     val_feats = feats[cfg.val_split]
-    val_ds = open_batches(cfg, cfg.val_split, sources(models, val_feats.groups), False, optim.batch_size)
+    val_rows = val_subset(val_feats.index, cfg.val_rows, cfg.seed)
+    val_ds = open_batches(
+        cfg, cfg.val_split, sources(models, val_feats.groups), False, optim.batch_size, device, val_rows
+    )
+
+    if cfg.compile:
+        train_ds.drop_last = True  # a static batch shape for the compiled step
+    val_ds = restrict_rows(cfg, val_ds, val_rows, device)
+    n_val = len(val_ds.rows)
 
     from tqdm import tqdm
 
     last = optim.epochs if cfg.stop_after is None else min(optim.epochs, start + cfg.stop_after)
     for epoch in range(start, last):
-        losses = [[] for _ in runs]
+        todo = [i for i, r in enumerate(runs) if len(r.history) <= epoch]  # a resumed head may be past it
+        # Kept on the device per step, read once after the epoch: losses and non-finite feature rows.
+        losses: list[list[torch.Tensor]] = [[] for _ in runs]
+        bad: dict[int, torch.Tensor] = {}
+        step_rows: dict[int, np.ndarray] = {}
         bar = tqdm(
             total=steps, desc=f"epoch {epoch + 1}/{optim.epochs}", disable=not cfg.progress, leave=False
         )
-        for step, raw in enumerate(prefetch(train_ds, epoch, cfg.max_steps)):
+        for step, raw in enumerate(train_ds.epoch(epoch, cfg.max_steps)):
             batch = to_device(raw, device)
-            for i, run in enumerate(runs):
-                if len(run.history) <= epoch:  # a resumed head may already be past this epoch
-                    loss = train_step(run, batch)
-                    if not math.isfinite(loss):
-                        what = f"{run.name}: epoch {epoch + 1}, step {step + 1}: the loss ({loss})"
-                        raise diverged(what, batch, raw["row"].numpy(), train_feats.index, cfg)
-                    losses[i].append(loss)
+            bad[step] = row_nonfinite(batch)
+            step_rows[step] = raw["row"].numpy()
+            for i in todo:
+                losses[i].append(train_step(runs[i], batch))
             bar.update()
         bar.close()
-        todo = [i for i, r in enumerate(runs) if len(r.history) <= epoch]
-        vals = validate([runs[i] for i in todo], cfg, val_ds, val_feats.index, device)
+        train_loss = {
+            i: epoch_loss(runs[i], epoch, losses[i], bad, step_rows, train_feats.index, cfg) for i in todo
+        }
+        validated = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == optim.epochs
+        if validated:
+            vals = validate([runs[i] for i in todo], cfg, val_ds, val_feats.index, device)
+        else:
+            vals = [{"val_loss": math.nan, "val_M_J": math.nan, "val_M_F": math.nan} for _ in todo]
         for i, v in zip(todo, vals, strict=True):
             run = runs[i]
             metrics = {
                 "epoch": epoch + 1,
-                "train_loss": float(np.mean(losses[i])),
+                "train_loss": train_loss[i],
                 **v,
                 "lr": run.sched.get_last_lr()[0],
                 "seconds": round(run.seconds, 2),
+                "precision": run.precision,
+                "validated": validated,
+                "val_rows": n_val,
             }
             check_finite_weights(run, f"epoch {epoch + 1}")
             run.history.append(metrics)
@@ -354,7 +489,11 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
             if cfg.progress:
                 print(
                     f"[{run.name}] epoch {epoch + 1}: loss {metrics['train_loss']:.4f} "
-                    f"val M_J {v['val_M_J']:.4f} M_F {v['val_M_F']:.4f}"
+                    + (
+                        f"val M_J {v['val_M_J']:.4f} M_F {v['val_M_F']:.4f}"
+                        if validated
+                        else "(not validated)"
+                    )
                 )
     return comparison(runs, outs)
 
@@ -363,7 +502,8 @@ def comparison(runs: list[HeadRun], outs: dict[str, Path]) -> pd.DataFrame:
     """One row per head: config, trainable params, best val M_J / M_F, training time."""
     rows = []
     for r in runs:
-        best = max(r.history, key=lambda h: h["val_M_J"]) if r.history else {}
+        validated = [h for h in r.history if h.get("validated", True) and not math.isnan(h["val_M_J"])]
+        best = max(validated, key=lambda h: h["val_M_J"]) if validated else {}
         rows.append(
             {
                 "head": r.name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,12 +82,8 @@ def tiny_sd() -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- tiny preset
 
 
-def test_tiny_outputs_shapes_finite_fast(tiny):
-    x = tiny.preprocess(frames(8, 224, 224))
-    tiny.encode(x)  # warm-up
-    t = time.perf_counter()
+def test_tiny_outputs_shapes_finite(tiny):
     out = tiny.encode(tiny.preprocess(frames(8, 224, 224, seed=1)))
-    assert time.perf_counter() - t < 1.0
     assert set(out) == set(tiny.output_shapes()) == {"clip"}
     assert tiny.output_shapes()["clip"] == (64,)
     assert out["clip"].shape == (8, *tiny.output_shapes()["clip"])

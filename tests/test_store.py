@@ -216,3 +216,16 @@ def test_codecs_round_trip(tmp_path):
         enc = g.require_encoder("c", PROVENANCE, {"fmap": ArraySpec((4, 16, 16), "float16", codec)})
         enc.write_block(0, {"fmap": np.concatenate([x, x[:1]])})
         np.testing.assert_array_equal(enc.array("fmap")[:4], x)
+
+
+def test_a_store_written_with_zstd_resumes_with_its_own_codec(tmp_path):
+    """The default codec changed (zstd -> none): an old store reads and resumes with the codec it was made with."""
+    url = str(tmp_path / "old.zarr")
+    g = FeatureStore(url).require_split("s4", "test", make_index(), block_rows=4)
+    old = g.require_encoder("fake", PROVENANCE, {"emb": ArraySpec((8,), "float16", "zstd")})
+    old.write_block(0, {"emb": block_data(old, 0)["emb"]})
+    again = g.require_encoder("fake", PROVENANCE, {"emb": ArraySpec((8,), "float16")})
+    assert again.specs["emb"].codec == "zstd"
+    with pytest.raises(StoreError, match="was created with arrays"):
+        g.require_encoder("fake", PROVENANCE, {"emb": ArraySpec((9,), "float16")})
+    np.testing.assert_array_equal(again.read("emb", np.arange(4)), block_data(old, 0)["emb"])

@@ -47,7 +47,11 @@ def test_train_writes_logs_and_checkpoints_with_fingerprints(store, tmp_path):
     table = train(_cfg(store, tmp_path / "run"))
     out = tmp_path / "run"
     log = pd.read_csv(out / "metrics.csv")
-    assert list(log.columns) == ["epoch", "train_loss", "val_loss", "val_M_J", "val_M_F", "lr", "seconds"]
+    assert list(log.columns) == [
+        "epoch", "train_loss", "val_loss", "val_M_J", "val_M_F", "lr", "seconds", "precision", "validated",
+        "val_rows",
+    ]  # fmt: skip
+    assert log["precision"].tolist() == ["fp32", "fp32"] and log["validated"].all()
     assert log["epoch"].tolist() == [1, 2] and log["val_M_J"].between(0, 1).all()
     assert (out / "curves.png").stat().st_size > 1000
     best = torch.load(out / "best.pt", weights_only=True)

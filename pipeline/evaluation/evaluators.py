@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.metrics import MetricAccumulator, m_f_raw_logits
+from pipeline.metrics import MetricAccumulator, raw_logit_f
 
 REAL = "real"
 M_F_BATCHING = "one video per batch (AV2T test); batch-free M_F also reported"
@@ -178,13 +178,14 @@ class RawLogitMF(Evaluator):
     name = "raw_logits"
 
     def reset(self) -> None:
-        self.per_video: list[float] = []
+        self.per_video: list[torch.Tensor] = []  # 0-dim, on the outputs' device until evaluate
 
     def process(self, out: VideoOutput) -> None:
-        self.per_video.append(m_f_raw_logits(out.logits[REAL], out.gt))
+        self.per_video.append(raw_logit_f(out.logits[REAL], out.gt))
 
     def evaluate(self) -> dict[str, Any]:
-        mean = float(np.mean(self.per_video)) if self.per_video else math.nan
+        values = torch.stack(self.per_video).cpu().tolist() if self.per_video else []
+        mean = float(np.mean(values)) if values else math.nan
         return {"M_F_raw_logits_av2t": mean}
 
     def rows(self, result: dict[str, Any]) -> list[ScoreRow]:
