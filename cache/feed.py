@@ -314,25 +314,10 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
 
 
 def open_reader(
-    store_url: str,
-    subset: str,
-    split: str,
-    sources: dict[str, Source],
-    batch_size: int = 8,
-    shuffle: bool = False,
-    seed: int = 0,
-    mode: Mode = "auto",
-    memory_budget: float | None = None,
-    device: torch.device | str | None = None,
-    rows: np.ndarray | None = None,
-    window: int = DEFAULT_WINDOW,
-    threads: int = DEFAULT_THREADS,
-    storage_options: dict[str, Any] | None = None,
-    drop_last: bool = False,
+    store_url: str, subset: str, split: str, sources: dict[str, Source], **options: Any
 ) -> TrainReader:
-    """The train stage's reader of a split (memory_budget in bytes; None: the default budget, see describe())."""
-    return TrainReader(
-        store_url, subset, split, sources, batch_size=batch_size, shuffle=shuffle, seed=seed, mode=mode,
-        memory_budget=memory_budget, device=device, rows=rows, window=window, threads=threads,
-        storage_options=storage_options, drop_last=drop_last,
-    )  # fmt: skip
+    """The train stage's reader of a split: a `TrainReader`, whose signature lists the options.
+
+    memory_budget is in bytes (None: the default budget, see describe()).
+    """
+    return TrainReader(store_url, subset, split, sources, **options)

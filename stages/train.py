@@ -116,6 +116,7 @@ def open_batches(
     batch_size: int,
     device: torch.device | None = None,
     rows: np.ndarray | None = None,
+    drop_last: bool = False,
 ) -> TrainReader:
     """A split's reader (`cache.feed.open_reader`): resident when it fits cfg's budget, else streaming.
 
@@ -126,7 +127,7 @@ def open_batches(
     reader = open_reader(
         cfg.store, cfg.subset, split, srcs, batch_size=batch_size, shuffle=shuffle, seed=cfg.seed,
         mode=cfg.feed, memory_budget=budget, device=device, rows=rows, window=cfg.shuffle_window,
-        threads=cfg.reader_threads,
+        threads=cfg.reader_threads, drop_last=drop_last,
     )  # fmt: skip
     if cfg.progress:
         print(reader.describe())
@@ -275,15 +276,6 @@ def val_subset(index, n_rows: int | None, seed: int) -> np.ndarray | None:
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
-def restrict_rows(
-    cfg: TrainConfig, ds: FeatureBatches, rows: np.ndarray | None, device: torch.device
-) -> FeatureBatches:
-    """The validation reader over `rows` only: `ds` itself when it already reads exactly those rows."""
-    if rows is None or np.array_equal(ds.rows, rows):
-        return ds
-    return open_batches(cfg, ds.split, ds.sources, False, ds.batch_size, device, rows=rows)
-
-
 def save_checkpoints(
     run: HeadRun, cfg: TrainConfig, feats: Features, out: Path, epoch: int, metrics: dict[str, Any]
 ) -> None:
@@ -427,17 +419,15 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
     start = min(try_resume(r, outs[r.name], optim) if cfg.resume else 0 for r in runs)
     models = [r.model for r in runs]
     train_ds = open_batches(
-        cfg, cfg.train_split, sources(models, train_feats.groups), True, optim.batch_size, device
-    )
+        cfg, cfg.train_split, sources(models, train_feats.groups), True, optim.batch_size, device,
+        drop_last=cfg.compile,  # a static batch shape for the compiled step
+    )  # fmt: skip
     val_feats = feats[cfg.val_split]
     val_rows = val_subset(val_feats.index, cfg.val_rows, cfg.seed)
     val_ds = open_batches(
         cfg, cfg.val_split, sources(models, val_feats.groups), False, optim.batch_size, device, val_rows
     )
 
-    if cfg.compile:
-        train_ds.drop_last = True  # a static batch shape for the compiled step
-    val_ds = restrict_rows(cfg, val_ds, val_rows, device)
     n_val = len(val_ds.rows)
 
     from tqdm import tqdm
