@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cache.index import SplitIndex
+from cache.quant import dequantize, scale_name
 from cache.store import EncoderGroup, FeatureStore, StoreError, read_rows
 
 
@@ -121,12 +122,18 @@ MASK = "mask"
 
 
 def sources(models: list[CachedModel], groups: Mapping[str, EncoderGroup]) -> dict[str, Source]:
-    """Store arrays every model needs (by encoder name -> sub-group), plus the GT mask."""
+    """Store arrays every model needs (by encoder name -> sub-group), plus the GT mask.
+
+    An int8 array brings its `<name>_scale` companion as one more field (`to_device` dequantises the pair).
+    """
     out = {MASK: Source(groups["gt"].key, MASK)}
     for m in models:
         for enc_name, arrays in m.cached_fields().items():
+            enc = groups[enc_name]
             for a in arrays:
-                out[a] = Source(groups[enc_name].key, a)
+                out[a] = Source(enc.key, a)
+                if scale_name(a) in enc.specs:
+                    out[scale_name(a)] = Source(enc.key, scale_name(a))
     return out
 
 
@@ -149,8 +156,13 @@ def prefetch(
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Features as float32 on the device (the store holds float16), masks as float; the row ids stay behind."""
-    return {k: v.to(device, non_blocking=True).float() for k, v in batch.items() if k != "row"}
+    """Features as float32 on the device, masks as float; the row ids stay behind.
+
+    The store's dtypes cross (float16, or int8 + float32 scales: half the bytes); int8 fields are
+    dequantised on the device, after the copy, and their `_scale` fields dropped.
+    """
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "row"}
+    return {k: v.float() for k, v in dequantize(moved).items()}
 
 
 @dataclass

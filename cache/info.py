@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cache.quant import SCALE_SUFFIX, scale_names
 from cache.store import UNCHECKED, FeatureStore, StoreDamaged
 
 
@@ -12,7 +13,8 @@ def store_info(store: FeatureStore) -> dict[str, Any]:
 
     rows_done counts rows marked done whose chunks are all in the store; rows_missing_chunks the rows marked
     done whose chunks are absent (lost: `av2t cache verify` names them). checksums: per array "crc32c", or
-    None for an array written before checksums.
+    None for an array written before checksums. quantized: the int8 arrays stored with a float32
+    `<name>_scale` companion (extract --quantize int8), empty otherwise.
     """
     groups = []
     for subset, split in store.groups():
@@ -35,6 +37,7 @@ def store_info(store: FeatureStore) -> dict[str, Any]:
                 "bytes_raw": raw,
                 "compression_ratio": round(raw / stored, 3) if stored else None,
                 "arrays": e.specs_json,
+                "quantized": sorted(k.removesuffix(SCALE_SUFFIX) for k in scale_names(e.specs)),
                 "checksums": {k: e.checksum(k) for k in [*e.specs, "done"]},
                 "provenance": e.provenance,
             }
@@ -101,6 +104,10 @@ def info_text(info: dict[str, Any]) -> str:
                 f"{ratio:>6}  [{arrays}]"
             )
             lines.append(f"    {_checksums(e['checksums'])}")
+            if e.get("quantized"):
+                lines.append(
+                    f"    int8 with a float32 scale per row and channel: {', '.join(e['quantized'])}"
+                )
             if e["completion_record_damaged"]:
                 lines.append(f"    completion record damaged: {e['completion_record_damaged']}")
             if e["rows_missing_chunks"]:

@@ -17,7 +17,7 @@ import zarr.codecs
 from zarr.core.sync import sync as zarr_sync
 
 from cache.index import SplitIndex
-from pipeline.provenance import canonical_json, diff_provenance, fingerprint
+from pipeline.provenance import canonical_json, diff_provenance, fingerprint, precision_variants
 
 STORE_VERSION = 1
 INDEX_COLUMNS = ("video", "frame", "category", "has_mask")
@@ -700,6 +700,18 @@ class SplitGroup:
             )
         return found[0]
 
+    def encoder_for(self, name: str, provenance: dict[str, Any]) -> EncoderGroup:
+        """An encoder's features computed by this provenance, in any compute precision (fp32 first).
+
+        The store fingerprints bf16 features apart (they never mix with fp32 ones), but a head built from the
+        same encoders reads either: training and cached evaluation find them here.
+        """
+        fps = precision_variants(provenance)
+        found = [e for e in self.encoders() if e.name == name and e.fingerprint in fps]
+        if found:
+            return min(found, key=lambda e: fps[e.fingerprint] != "fp32")
+        return self.encoder(name, fingerprint(provenance))  # the mismatch error, naming what is held
+
     def require_encoder(
         self,
         name: str,
@@ -787,6 +799,7 @@ class EncoderGroup:
             k: ArraySpec(tuple(v["shape"]), v["dtype"], v["codec"]) for k, v in self.specs_json.items()
         }
         self._checksums: dict[str, str | None] = {}
+        self._writable: dict[str, zarr.Array] = {}
         self._extract_options: dict[bool, tuple[str, ...]] = {}
 
     @property
@@ -809,8 +822,14 @@ class EncoderGroup:
             raise _damaged(self.split.store.url, e) from e
 
     def writable(self, name: str) -> zarr.Array:
-        """An array to write: every chunk stored, an all-zero one too (an absent chunk then means lost data)."""
-        return self.array(name).with_config(WRITE_ALL_CHUNKS)
+        """An array to write: every chunk stored, an all-zero one too (an absent chunk then means lost data).
+
+        Opened once per sub-group object: every open reads and parses the array's metadata, which the
+        extract stage's writer would otherwise do for each block (the arrays' metadata never changes)."""
+        if name not in self._writable:  # the completion record keeps zarr's default (a 0 chunk: not done)
+            arr = self.group["done"] if name == "done" else self.array(name).with_config(WRITE_ALL_CHUNKS)
+            self._writable[name] = arr
+        return self._writable[name]
 
     def checksum(self, name: str) -> str | None:
         """crc32c for an array (or "done") written with checksums, None for one written before."""
@@ -959,10 +978,16 @@ class EncoderGroup:
         return self._extract_options[frames]
 
     def _make_extract_options(self, frames: bool) -> tuple[str, ...]:
+        from cache.quant import scale_names  # cache.quant imports this module
+
         opts = []
-        floats = {s.dtype for s in self.specs.values() if np.dtype(s.dtype).kind == "f"}
+        scales = scale_names(self.specs)
+        # the float32 scales of int8 arrays are not the group's float dtype
+        floats = {s.dtype for k, s in self.specs.items() if np.dtype(s.dtype).kind == "f" and k not in scales}
         if floats and floats != {"float16"}:
             opts.append(f"--dtype {sorted(floats)[0]}")
+        if scales:
+            opts.append("--quantize int8")
         codecs = {s.codec for s in self.specs.values()}
         if codecs and codecs != {DEFAULT_CODEC}:
             opts.append(f"--codec {sorted(codecs)[0]}")
@@ -983,11 +1008,14 @@ class EncoderGroup:
         sp = self.split
         return [b for b in range(sp.n_blocks) if not done[sp.block_slice(b)].all()]
 
-    def write_block(self, b: int, data: dict[str, np.ndarray], ok: np.ndarray | None = None) -> None:
+    def write_block(
+        self, b: int, data: dict[str, np.ndarray], ok: np.ndarray | None = None, checked: bool = False
+    ) -> None:
         """Write all arrays of block b, then mark its rows done (a kill before that leaves them pending).
 
         `ok` (bools, one per row of the block) marks only those rows done: rows whose input failed stay
-        pending. Rows already done stay done.
+        pending. Rows already done stay done. `checked`: the caller has refused non-finite values already
+        (extraction checks on the device, in the storage dtype), so the host scan is skipped.
         """
         sl = self.split.block_slice(b)
         n = sl.stop - sl.start
@@ -1001,18 +1029,17 @@ class EncoderGroup:
                 raise StoreError(
                     f"{self.key}/{name}: block {b} has shape {x.shape}, expected {(n, *spec.shape)}"
                 )
-            if x.dtype.kind == "f" and not np.isfinite(x).all():
+            if not checked and x.dtype.kind == "f" and not np.isfinite(x).all():
                 bad = sorted(
                     {str(v) for v in self.split.index.video[sl][~np.isfinite(x).reshape(n, -1).all(1)]}
                 )
                 raise StoreError(f"{self.key}/{name}: non-finite features for video(s) {bad[:5]}")
             self.writable(name)[sl] = x.astype(spec.dtype, copy=False)
+        done = self.writable("done")
         if ok is None:
-            self.group["done"][sl] = 1
+            done[sl] = 1
         else:
-            self.group["done"][sl] = (self.group["done"][sl].astype(bool) | np.asarray(ok, bool)).astype(
-                np.uint8
-            )
+            done[sl] = (done[sl].astype(bool) | np.asarray(ok, bool)).astype(np.uint8)
 
     def read_block(self, b: int) -> dict[str, np.ndarray]:
         """All arrays of block b as stored; damaged or absent chunks of done rows raise StoreDamaged."""

@@ -3,7 +3,10 @@
 Checks, per split group: the index columns decode and hash to the recorded digest; per encoder sub-group:
 the completion record decodes, every stored chunk of every array decodes (crc32c checksums where the array
 has them; arrays written before checksums are only checked for decoding), float features of done rows are
-finite, and no chunk holding done rows is absent (it would read back as zeros).
+finite, and no chunk holding done rows is absent (it would read back as zeros). int8 feature maps
+(extract --quantize int8) hold no inf/nan, so only their checksums say a chunk is damaged; their float32
+`<name>_scale` arrays are checked for finite values like any float array, and the repair commands carry
+--quantize int8.
 
 Repair takes the damage out of the completion record: for each damaged chunk, the stored objects of its
 block (the array's shard, and the block's chunk of the completion record) are deleted, so all rows of that

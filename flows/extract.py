@@ -1,8 +1,9 @@
-"""The `extract-features` flow: fan the extract stage out per (encoder, shard) as Prefect tasks.
+"""The `extract-features` flow: fan the extract stage out per shard (blocks of one split, for the encoders
+reading one input: frames, audio or masks, decoded once for all of them) as Prefect tasks.
 
 What the run page shows: the run named `extract-<subset>-<preset>` and tagged with both; a sub-flow
-`…-shards` with one `extract-shard` task per (encoder, split, shard), named `<encoder>/<split>/<first
-block>`, none drawn as depending on another (see `_run_shards`); a progress artifact
+`…-shards` with one `extract-shard` task per (input, split, shard), named `<encoders>/<split>/<first
+block>` (e.g. `clip+sam2+beit3/train/0`), none drawn as depending on another (see `_run_shards`); a progress artifact
 `extract-<subset>-progress` (rows of the ended shards); and at the end a table artifact
 `extract-<subset>-store` (per split and encoder: rows done / total, failures, rows computed by this run
 and their frames/s, bytes on disk) and one log line per split and encoder.
@@ -83,19 +84,19 @@ def extract_run_name(parameters: dict[str, Any] | None = None) -> str:
     name="extract-shard",
     retries=2,
     retry_delay_seconds=2,
-    task_run_name="{shard.encoder}/{shard.split}/{shard.blocks[0]}",
+    task_run_name="{shard.label}/{shard.split}/{shard.blocks[0]}",
 )
 def extract_shard_task(cfg: ExtractConfig, shard: Shard) -> dict[str, Any]:
-    """Compute and write one shard of one encoder (resumable: done rows are skipped).
+    """Compute and write one shard of the encoders reading one input (resumable: done rows are skipped).
 
-    Returns only objects made here (counts, the failures list, seconds), never the shard's split or
-    encoder name: see `_run_shards`.
+    Returns only objects made here (counts per encoder in the shard's order, the failures list, seconds),
+    never the shard's split or encoder names: see `_run_shards`.
     """
     t = time.perf_counter()
     out = extract_shard(cfg, shard)
     seconds = time.perf_counter() - t
     get_run_logger().info(
-        f"{shard.encoder}/{shard.split}: {out['computed']} rows in {seconds:.1f} s, "
+        f"{shard.label}/{shard.split}: {sum(out['computed'])} rows in {seconds:.1f} s, "
         f"torch threads {torch.get_num_threads()}"
     )
     return {"computed": out["computed"], "failures": out["failures"], "seconds": seconds}
@@ -125,7 +126,7 @@ def _run_shards(cfg: ExtractConfig, shards: list[Shard], progress_key: str) -> l
             bar, 100.0 * done / max(total, 1), description=f"{ended}/{len(shards)} shards ended"
         )
     return [
-        {"split": s.split, "encoder": s.encoder, **f.result()} for s, f in zip(shards, futures, strict=True)
+        {"split": s.split, "encoders": s.encoders, **f.result()} for s, f in zip(shards, futures, strict=True)
     ]
 
 
@@ -140,13 +141,15 @@ def _human_bytes(n: int) -> str:
 def store_table(cfg: ExtractConfig, summary: dict[str, Any], results: Iterable[dict[str, Any]]) -> list[dict]:
     """One row per split and encoder: rows done / total, failures, this run's rows and frames/s, bytes stored.
 
-    frames/s: the rows this run computed over the summed seconds of those shard tasks (one worker's rate).
+    frames/s: the rows this run computed over the summed seconds of the shard tasks that ran the encoder (one
+    worker's rate; encoders reading one input share their shards, so theirs is the rate of all of them).
     """
     ran: dict[tuple[str, str], list[float]] = {}
     for r in results:
-        acc = ran.setdefault((r["split"], r["encoder"]), [0, 0.0])
-        acc[0] += r["computed"]
-        acc[1] += r["seconds"]
+        for name, n in zip(r["encoders"], r["computed"], strict=True):
+            acc = ran.setdefault((r["split"], name), [0, 0.0])
+            acc[0] += n
+            acc[1] += r["seconds"]
     store = FeatureStore(cfg.store, mode="r")
     rows = []
     for key, s in summary.items():  # "split/name@fingerprint"
@@ -209,7 +212,7 @@ def extract_features(**params: Any) -> dict[str, Any]:
     table = store_table(cfg, summary, results)
     for r in table:
         log.info(summary_line(r))
-    computed = sum(r["computed"] for r in results)
+    computed = sum(n for r in results for n in r["computed"])
     rate = f" ({computed / seconds:.1f} frames/s)" if computed and seconds > 0 else ""
     log.info(f"this run: {computed} rows computed in {seconds:.1f} s{rate}, {len(failures)} skipped")
     create_table_artifact(

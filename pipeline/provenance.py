@@ -40,3 +40,25 @@ def diff_provenance(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> l
         elif canonical_json(va) != canonical_json(vb):
             out.append(f"{path}: {va!r} != {vb!r}")
     return out
+
+
+# Extraction precision is part of what decides features: bf16 ones get their own fingerprint. fp32 adds
+# nothing, so stores extracted before the setting existed keep theirs.
+PRECISION_KEY = "compute_precision"
+
+
+def with_precision(provenance: dict[str, Any], precision: str) -> dict[str, Any]:
+    """An encoder's provenance as the store records it for features computed in `precision`."""
+    return provenance if precision == "fp32" else {**provenance, PRECISION_KEY: precision}
+
+
+def precision_of(provenance: dict[str, Any]) -> str:
+    """The compute precision a recorded provenance names (fp32 when it names none)."""
+    return str(provenance.get(PRECISION_KEY, "fp32"))
+
+
+def precision_variants(
+    provenance: dict[str, Any], precisions: tuple[str, ...] = ("fp32", "bf16")
+) -> dict[str, str]:
+    """fingerprint -> precision, for this encoder's features in each compute precision."""
+    return {fingerprint(with_precision(provenance, p)): p for p in precisions}

@@ -41,12 +41,25 @@ class ExtractConfig(BaseModel):
     )
     preset: str = Field("tiny", description="encoder preset: a shipped name (tiny, paper, ...) or a folder")
     store: str = Field(DEFAULT_STORE, description="feature store path or fsspec URL")
-    batch_size: int = Field(8, ge=1, description="rows per encoder forward")
+    batch_size: int | None = Field(
+        None, ge=1, description="rows per encoder forward, every encoder (default: the preset's extract.json)"
+    )
     device: str = Field("auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    precision: PrecisionName = Field(
+        "auto",
+        description="encoder compute: auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16; bf16 "
+        "features get another fingerprint, so they never mix with fp32 ones in a store",
+    )
     on_error: Literal["stop", "skip"] = Field(
         "stop", description="a bad input file: stop (rows done so far are kept), or skip its rows"
     )
     dtype: Literal["float16", "float32"] = Field("float16", description="storage dtype of float features")
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="int8: store the (C, H, W) feature maps (SAM 2) as int8 with a float32 scale per row and "
+        "channel, half the bytes of float16 (README, a smaller cache)",
+    )
+    decode_workers: int = Field(4, ge=1, description="threads decoding frames / audio ahead of the encoders")
     frames: Literal["used", "all"] = Field(
         "used", description="used: S4 train frame 1 only (the annotated one); all: every frame"
     )
@@ -68,6 +81,22 @@ class ExtractConfig(BaseModel):
     threads: int = Field(
         0, ge=0, description="torch threads per worker (0: leave as is); same count -> bit-identical features"
     )
+
+
+class ExtractPreset(BaseModel):
+    """A preset's extract.json: rows per forward for each encoder (what fits and keeps the device busy)."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_sizes: dict[str, int] = Field(default_factory=dict, description="encoder name -> rows per forward")
+
+
+def encoder_batch_size(cfg: ExtractConfig, name: str, default: int = 8) -> int:
+    """Rows per forward of one encoder: --batch-size when given, else the preset's, else `default`."""
+    if cfg.batch_size is not None:
+        return cfg.batch_size
+    path = preset_file(cfg.preset, "extract.json")
+    sizes = ExtractPreset.model_validate_json(path.read_text()).batch_sizes if path is not None else {}
+    return int(sizes.get(name, default))
 
 
 class OptimConfig(BaseModel):

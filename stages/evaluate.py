@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache import FeatureStore, FingerprintMismatch, StoreError, fingerprint
+from cache import FeatureStore, FingerprintMismatch, StoreError
 from cache.batches import FeatureBatches, sources, video_outputs
 from pipeline.checkpoints import CheckpointError
 from pipeline.data.clips import DataError, read_clips
@@ -72,8 +72,12 @@ def cached_outputs(
     check_store_features(cfg, ck)
     frozen = frozen_encoders(ck.head, ck.preset, cfg.weights_dir, device)
     group = FeatureStore(cfg.store, mode="r").split(cfg.subset, cfg.split)
-    fps = {n: fingerprint(e.provenance()) for n, e in frozen.items()}
-    groups = {n: group.encoder(n, fps.get(n) or ck.features.get(n)) for n in (*FEATURE_ENCODERS, "gt")}
+    groups = {
+        n: group.encoder_for(n, frozen[n].provenance())
+        if n in frozen
+        else group.encoder(n, ck.features.get(n))
+        for n in (*FEATURE_ENCODERS, "gt")
+    }
     widths = {f"d_{n}": int(groups[n].specs[n].shape[0]) for n in ("clip", "clap")}
     model = build_model(
         ck.head, ck.preset, **widths, weights_dir=cfg.weights_dir, device=device, encoders=frozen
@@ -122,7 +126,7 @@ def replaced_audio(
         other = where.get((nxt[v], k))
         swapped[r] = other if other is not None else index.rows_of(nxt[v])[0]
     clap = get_encoder("clap", ck.preset, cfg.weights_dir, str(device))
-    check_features(ck, {"clap": fingerprint(clap.provenance())}, f"preset {ck.preset!r} built here")
+    check_features(ck, {"clap": clap.provenance()}, f"preset {ck.preset!r} built here")
     silence = silence_embedding(clap, clap_group.specs["clap"].dtype, device)
     return {
         SWAPPED: lambda r: torch.from_numpy(feats[swapped[r]]).to(device),
@@ -137,8 +141,7 @@ def end_to_end_model(cfg: EvalConfig, ck: HeadCheckpoint, device: torch.device) 
         n: get_encoder(n, preset, wd, device, sam2_overrides(ck.head) if n == "sam2" else None)
         for n in FEATURE_ENCODERS
     }
-    have = {n: fingerprint(e.provenance()) for n, e in encs.items()}
-    check_features(ck, have, f"preset {preset!r} built here")
+    check_features(ck, {n: e.provenance() for n, e in encs.items()}, f"preset {preset!r} built here")
     encs["gt"] = get_encoder("gt", preset, wd, "cpu")
     model = build_model(ck.head, preset, **encoder_widths(encs), weights_dir=wd, device=device, encoders=encs)
     load_head(ck, model)

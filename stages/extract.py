@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cache import ArraySpec, EncoderGroup, FeatureStore, SplitIndex, StoreError, fingerprint
+from cache import ArraySpec, EncoderGroup, FeatureStore, SplitGroup, SplitIndex, StoreError, fingerprint
+from cache.quant import nonfinite_rows, storage_specs, to_storage
 from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
 from pipeline.data.images import load_frame, load_mask
 from pipeline.data.layout import FRAME_SIZE
 from pipeline.encoders.base import Encoder
-from pipeline.encoders.registry import get_encoder
-from pipeline.settings import ExtractConfig
+from pipeline.encoders.registry import get_encoder, resolve_device
+from pipeline.model.precision import autocast, resolve_precision
+from pipeline.provenance import with_precision
+from pipeline.settings import ExtractConfig, encoder_batch_size
 
 
 def cfg_encoder(cfg: ExtractConfig, name: str) -> Encoder:
@@ -26,14 +33,23 @@ def cfg_encoder(cfg: ExtractConfig, name: str) -> Encoder:
     return get_encoder(name, cfg.preset, cfg.weights_dir, cfg.device, cfg.overrides.get(name))
 
 
+# Encoders reading the same input are extracted together: each input is decoded once for all of them.
+INPUT_ORDER = ("frames", "audio", "masks")
+
+
 @dataclass(frozen=True)
 class Shard:
-    """A unit of work: some blocks of one encoder in one split."""
+    """A unit of work: some blocks of one split, for the encoders that read one kind of input."""
 
     split: str
-    encoder: str
+    encoders: tuple[str, ...]
     blocks: tuple[int, ...]
-    rows: int
+    rows: int  # rows to compute, summed over the encoders
+
+    @property
+    def label(self) -> str:
+        """The encoders as a task name shows them: clip+sam2+beit3."""
+        return "+".join(self.encoders)
 
 
 def split_index(cfg: ExtractConfig, split: str) -> tuple[list[Clip], SplitIndex]:
@@ -63,27 +79,39 @@ def prepare(cfg: ExtractConfig, blocks_per_shard: int = 4) -> list[Shard]:
         split: split_index(cfg, split)[1] for split in cfg.splits
     }  # bad data: refused before any write
     store = FeatureStore(cfg.store)
+    kinds = input_groups(cfg)
     shards = []
     for split, index in indexes.items():
         group = store.require_split(cfg.subset, split, index, cfg.block_rows)
-        for name in cfg.encoders:
-            enc = cfg_encoder(cfg, name)
-            eg = require_encoder_group(cfg, group, enc)
-            pending = eg.pending_blocks()
+        for names in kinds:
+            done = [require_encoder_group(cfg, group, cfg_encoder(cfg, n)).done_mask() for n in names]
+            slices = [group.block_slice(b) for b in range(group.n_blocks)]
+            pending = [b for b, sl in enumerate(slices) if any(not d[sl].all() for d in done)]
             for i in range(0, len(pending), blocks_per_shard):
                 blocks = tuple(pending[i : i + blocks_per_shard])
-                rows = sum(len(range(*group.block_slice(b).indices(group.n_rows))) for b in blocks)
-                shards.append(Shard(split, name, blocks, rows))
+                rows = sum(int((~d[slices[b]]).sum()) for b in blocks for d in done)
+                shards.append(Shard(split, names, blocks, rows))
     return shards
+
+
+def input_groups(cfg: ExtractConfig) -> list[tuple[str, ...]]:
+    """cfg's encoders grouped by the input they read (frames, audio, masks), each in cfg's order."""
+    by_kind: dict[str, list[str]] = {}
+    for name in cfg.encoders:
+        by_kind.setdefault(cfg_encoder(cfg, name).input, []).append(name)
+    return [tuple(by_kind[k]) for k in INPUT_ORDER if k in by_kind]
+
+
+def compute_precision(cfg: ExtractConfig) -> str:
+    """fp32 or bf16: cfg.precision with auto resolved for the encoders' device."""
+    return resolve_precision(cfg.precision, resolve_device(cfg.device))
 
 
 def require_encoder_group(cfg: ExtractConfig, group, enc: Encoder) -> EncoderGroup:
     """The encoder's sub-group for its fingerprint, with its arrays declared."""
-    fixed = enc.output_dtypes()
-    arrays = {
-        k: ArraySpec(tuple(v), fixed.get(k, cfg.dtype), cfg.codec) for k, v in enc.output_shapes().items()
-    }
-    return group.require_encoder(enc.name, enc.provenance(), arrays, cfg.allow_other_fingerprints)
+    arrays = storage_specs(enc.output_shapes(), enc.output_dtypes(), cfg.dtype, cfg.quantize, cfg.codec)
+    prov = with_precision(enc.provenance(), compute_precision(cfg))
+    return group.require_encoder(enc.name, prov, arrays, cfg.allow_other_fingerprints)
 
 
 class InputCache:
@@ -107,6 +135,7 @@ class InputCache:
 
 
 _DECODE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="av2t-decode")
+AHEAD_BLOCKS = 2  # blocks decoded ahead of the encoders, and blocks written behind them
 
 
 def input_path(enc: Encoder, clip: Clip, k: int) -> Path | None:
@@ -129,13 +158,24 @@ def _load_one(enc: Encoder, clip: Clip, k: int, cache: InputCache) -> np.ndarray
         return e
 
 
-def load_inputs(enc: Encoder, clips: dict[str, Clip], index: SplitIndex, rows: np.ndarray, cache: InputCache):
-    """Raw inputs of the rows (frames or audio segments) and a failure record for each bad one."""
+def load_inputs(
+    enc: Encoder,
+    clips: dict[str, Clip],
+    index: SplitIndex,
+    rows: np.ndarray,
+    cache: InputCache,
+    pool: ThreadPoolExecutor | None = None,
+):
+    """Raw inputs of the rows (frames, audio segments or masks) and a failure record for each bad one.
+
+    Decoded in parallel (PNG and WAV decoding release the GIL); audio once per video, its rows sharing it.
+    """
+    pool = pool or _DECODE_POOL
     keys = [(clips[index.video[r]], int(index.frame[r])) for r in rows]
-    if enc.input != "audio":  # PNG decoding releases the GIL: decode in parallel
-        loaded = list(_DECODE_POOL.map(lambda ck: _load_one(enc, *ck, cache), keys))
-    else:  # five rows share one WAV: decode each once, in order
-        loaded = [_load_one(enc, c, k, cache) for c, k in keys]
+    if enc.input == "audio":  # one WAV per video: decode each video's once, videos in parallel
+        videos = list({c.id: c for c, _ in keys}.values())
+        list(pool.map(lambda c: _load_one(enc, c, 1, cache), videos))
+    loaded = list(pool.map(lambda ck: _load_one(enc, *ck, cache), keys))
     items, ok, failures = [], np.ones(len(rows), bool), []
     for i, ((clip, k), x) in enumerate(zip(keys, loaded, strict=True)):
         if isinstance(x, DataError):
@@ -149,88 +189,269 @@ def load_inputs(enc: Encoder, clips: dict[str, Clip], index: SplitIndex, rows: n
     return items, ok, failures
 
 
-def encode_rows(enc: Encoder, items: list[np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """Run the encoder over inputs in batches; float32 numpy outputs in the items' order.
+def batch_plan(items: list[np.ndarray], batch_size: int) -> list[list[int]]:
+    """Positions of the items per forward: inputs of one shape batched together, in order.
 
-    Inputs of one shape are batched together (in order); inputs of other shapes (stereo="flatten" audio of
-    a stereo file is twice as long as a mono file's) are batched among themselves.
+    Inputs of other shapes (stereo="flatten" audio of a stereo file is twice as long as a mono file's) are
+    batched among themselves.
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, x in enumerate(items):
         groups.setdefault(np.shape(x), []).append(i)
-    outs = {k: np.zeros((len(items), *s), np.float32) for k, s in enc.output_shapes().items()}
-    for idx in groups.values():
-        for i in range(0, len(idx), batch_size):
-            rows = idx[i : i + batch_size]
-            x = enc.preprocess(np.stack([items[r] for r in rows])).to(enc.device, non_blocking=True)
-            with torch.inference_mode():
-                y = enc.encode(x)
-            for k in outs:
-                outs[k][rows] = y[k].float().cpu().numpy()
-    return outs
+    return [idx[i : i + batch_size] for idx in groups.values() for i in range(0, len(idx), batch_size)]
 
 
-def extract_shard(
-    cfg: ExtractConfig, shard: Shard, progress: Callable[[int], None] | None = None
-) -> dict[str, Any]:
-    """Compute and write one shard's pending rows; returns counts and failures."""
-    if not cfg.threads:
-        return _extract_shard(cfg, shard, progress)
-    # CPU kernels reduce in a thread-count-dependent order: pin it to reproduce features bit for bit,
-    # and give the caller its own setting back afterwards.
+class Timings:
+    """Seconds spent per part of the stage (threads overlap: parts may sum to more than the wall time)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Time the block under `name`."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+@dataclass
+class SplitWork:
+    """What the blocks of one split write to: its group, clips and the encoders' sub-groups."""
+
+    group: SplitGroup
+    by_id: dict[str, Clip]
+    egs: list[EncoderGroup]
+    done: list[np.ndarray]  # per encoder, rows done when the run started
+
+
+@dataclass
+class BlockWork:
+    """One block: per encoder the rows still to compute, their inputs decoded once for all the encoders."""
+
+    shard: int  # position of its shard in the run
+    split: SplitWork
+    block: int
+    rows: slice
+    todo: list[np.ndarray]  # per encoder: its pending rows of the block
+    failures: list[dict[str, Any]] = field(default_factory=list)  # per bad input row
+    batches: list[list[tuple[np.ndarray, torch.Tensor]]] = field(default_factory=list)  # per encoder
+
+
+def encode_on_device(
+    enc: Encoder, x: torch.Tensor, specs: dict[str, ArraySpec], precision: str
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Host input -> the device (uint8 frames), preprocessing and forward there, cast to the storage dtypes
+    there; the stored tensors (still on the device) and which rows hold inf/nan."""
+    x = x.to(enc.device, non_blocking=True)
+    with torch.inference_mode(), autocast(precision, enc.device):
+        y = enc.encode(enc.device_input(x))
+    stored = to_storage({k: v for k, v in y.items() if k in specs}, specs)
+    return stored, nonfinite_rows(stored)
+
+
+class Extraction:
+    """Shards of the encoders reading one input, as one pipeline: decode (threads) -> encoders on the device
+    (this thread) -> write (a thread).
+
+    Inputs are decoded `AHEAD_BLOCKS` blocks ahead, across shard and split boundaries, once for all the
+    encoders, and turned into host tensors there (uint8 frames, pinned for an asynchronous copy on CUDA);
+    outputs leave the device in their storage dtype; a block is written while the next ones compute.
+    """
+
+    def __init__(self, cfg: ExtractConfig, shards: list[Shard], timings: Timings | None = None):
+        if len({s.encoders for s in shards}) > 1:
+            raise ValueError("one Extraction runs shards of the same encoders")
+        self.cfg, self.shards, self.t = cfg, shards, timings or Timings()
+        names = shards[0].encoders if shards else ()
+        self.encs = [cfg_encoder(cfg, n) for n in names]
+        self.sizes = [encoder_batch_size(cfg, e.name) for e in self.encs]
+        self.precision = compute_precision(cfg)
+        self.cache = InputCache.for_encoder(self.encs[0]) if self.encs else None
+        self.pin = bool(self.encs) and self.encs[0].device.type == "cuda"
+        self.splits: dict[str, SplitWork] = {}
+
+    def split(self, name: str) -> SplitWork:
+        """The split's group, clips and sub-groups (opened once per run)."""
+        if name not in self.splits:
+            clips, _ = split_index(self.cfg, name)
+            group = FeatureStore(self.cfg.store).split(self.cfg.subset, name)
+            egs = [require_encoder_group(self.cfg, group, e) for e in self.encs]
+            # One read per run: these blocks have no other writer.
+            self.splits[name] = SplitWork(
+                group, {c.id: c for c in clips}, egs, [eg.done_mask() for eg in egs]
+            )
+        return self.splits[name]
+
+    def plan(self) -> list[BlockWork]:
+        """Every block of the shards with any pending row, in order."""
+        out = []
+        for i, shard in enumerate(self.shards):
+            sw = self.split(shard.split)
+            for b in shard.blocks:
+                sl = sw.group.block_slice(b)
+                todo = [np.arange(sl.start, sl.stop)[~d[sl]] for d in sw.done]
+                if any(len(t) for t in todo):
+                    out.append(BlockWork(i, sw, b, sl, todo))
+        return out
+
+    def decode(self, work: BlockWork, pool: ThreadPoolExecutor) -> BlockWork:
+        """A block's inputs decoded once, cut into each encoder's host batches."""
+        union = np.unique(np.concatenate(work.todo))
+        sw = work.split
+        with self.t.part("decode"):
+            items, ok, work.failures = load_inputs(
+                self.encs[0], sw.by_id, sw.group.index, union, self.cache, pool
+            )
+        pos = np.cumsum(ok) - 1  # union position -> position in items (ok rows only)
+        at = {int(r): int(pos[i]) for i, r in enumerate(union) if ok[i]}
+        with self.t.part("host input"):
+            for enc, rows, size in zip(self.encs, work.todo, self.sizes, strict=True):
+                good = np.array([r for r in rows.tolist() if r in at], dtype=np.int64)
+                mine = [items[at[r]] for r in good.tolist()]
+                per = []
+                for idx in batch_plan(mine, size):
+                    x = enc.host_input(np.stack([mine[i] for i in idx]))
+                    per.append((good[idx], x.pin_memory() if self.pin else x))
+                work.batches.append(per)
+        return work
+
+    def compute(self, work: BlockWork) -> list[dict[str, np.ndarray]]:
+        """Per encoder, the stored arrays of its computed rows (storage dtypes, in its todo order)."""
+        out = []
+        for enc, eg, per in zip(self.encs, work.split.egs, work.batches, strict=True):
+            parts: dict[str, list[np.ndarray]] = {}
+            bad = []
+            with self.t.part(f"device {enc.name}"):
+                for rows, x in per:
+                    stored, nonfinite = encode_on_device(enc, x, eg.specs, self.precision)
+                    for k, v in stored.items():
+                        parts.setdefault(k, []).append(v.cpu().numpy())
+                    bad.append(rows[nonfinite.cpu().numpy()])
+            bad_rows = np.concatenate(bad) if bad else np.zeros(0, np.int64)
+            if len(bad_rows):
+                videos = sorted({str(v) for v in work.split.group.index.video[bad_rows]})
+                raise StoreError(f"{eg.key}: non-finite features for video(s) {videos[:5]}")
+            out.append({k: np.concatenate(v) for k, v in parts.items()})
+        return out
+
+    def write(self, work: BlockWork, results: list[dict[str, np.ndarray]]) -> None:
+        """Write the block of every encoder (rows done before, and rows that failed, keep what is stored)."""
+        failed = {f["row"] for f in work.failures}
+        sl, n = work.rows, work.rows.stop - work.rows.start
+        with self.t.part("write"):
+            for eg, todo, stored in zip(work.split.egs, work.todo, results, strict=True):
+                if not len(todo):
+                    continue
+                mine = set(todo.tolist())
+                computed = np.array([r for r in todo.tolist() if r not in failed], dtype=np.int64)
+                partial = len(todo) < n or len(computed) < len(todo)
+                block = eg.read_block(work.block) if partial else {}
+                for k, spec in eg.specs.items():
+                    full = block[k] if k in block else np.zeros((n, *spec.shape), spec.dtype)
+                    if len(computed):
+                        full[computed - sl.start] = stored[k]
+                    block[k] = full
+                ok = np.zeros(n, bool)
+                ok[computed - sl.start] = True
+                eg.write_block(work.block, block, ok=ok, checked=True)
+                if (
+                    failed & mine or len(todo) < n
+                ):  # a partly done block is a retry: clear or renew its records
+                    eg.record_failures(work.block, [f for f in work.failures if f["row"] in mine])
+
+    def run(self, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Every pending block of the shards; per shard, rows computed per encoder and the failures."""
+        results = [
+            {
+                "split": s.split,
+                "encoders": list(s.encoders),
+                "computed": [0] * len(s.encoders),
+                "failures": [],
+            }
+            for s in self.shards
+        ]
+        if not self.shards:
+            return results
+        plan = self.plan()
+        pool = ThreadPoolExecutor(max_workers=self.cfg.decode_workers, thread_name_prefix="av2t-decode")
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="av2t-read")
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="av2t-write")
+        ahead: deque[Future] = deque(reader.submit(self.decode, w, pool) for w in plan[:AHEAD_BLOCKS])
+        writes: deque[Future] = deque()
+        try:
+            for i in range(len(plan)):
+                with self.t.part("wait for input"):
+                    work = ahead.popleft().result()
+                if i + AHEAD_BLOCKS < len(plan):
+                    ahead.append(reader.submit(self.decode, plan[i + AHEAD_BLOCKS], pool))
+                if work.failures and self.cfg.on_error == "stop":
+                    _drain(writes)  # everything before this block is kept
+                    f = work.failures[0]
+                    raise DataError(
+                        f"{f['error']} (video {f['video']} frame {f['frame']}; rows done so far are kept; fix "
+                        "the file and run again, or pass on_error=skip)"
+                    )
+                try:
+                    out = self.compute(work)
+                except StoreError:
+                    _drain(writes)
+                    raise
+                while len(writes) >= AHEAD_BLOCKS:
+                    with self.t.part("wait for writes"):
+                        writes.popleft().result()
+                writes.append(writer.submit(self.write, work, out))
+                failed = {f["row"] for f in work.failures}
+                res = results[work.shard]
+                for j, todo in enumerate(work.todo):
+                    res["computed"][j] += sum(1 for r in todo.tolist() if r not in failed)
+                    if progress:
+                        progress(len(todo))
+                res["failures"] += work.failures
+            with self.t.part("wait for writes"):
+                _drain(writes)
+        finally:
+            for f in ahead:
+                f.cancel()
+            for ex in (reader, writer, pool):
+                ex.shutdown(wait=True)
+        return results
+
+
+def _drain(writes: deque[Future]) -> None:
+    """Wait for every pending write; the first error raised."""
+    while writes:
+        writes.popleft().result()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU threads set to n (0: left as is) for the block, the caller's setting given back after.
+
+    CPU kernels reduce in a thread-count-dependent order: a fixed count reproduces features bit for bit.
+    """
     before = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    if n:
+        torch.set_num_threads(n)
     try:
-        return _extract_shard(cfg, shard, progress)
+        yield
     finally:
         torch.set_num_threads(before)
 
 
-def _extract_shard(
-    cfg: ExtractConfig, shard: Shard, progress: Callable[[int], None] | None
+def extract_shard(
+    cfg: ExtractConfig,
+    shard: Shard,
+    progress: Callable[[int], None] | None = None,
+    timings: Timings | None = None,
 ) -> dict[str, Any]:
-    clips, _ = split_index(cfg, shard.split)
-    by_id = {c.id: c for c in clips}
-    group = FeatureStore(cfg.store).split(cfg.subset, shard.split)
-    enc = cfg_encoder(cfg, shard.encoder)
-    eg = require_encoder_group(cfg, group, enc)
-    index, cache = group.index, InputCache.for_encoder(enc)
-    computed, failed = 0, []
-    done_all = eg.done_mask()  # one read per shard: this shard's blocks have no other writer
-    for b in shard.blocks:
-        sl = group.block_slice(b)
-        done = done_all[sl]
-        todo = np.arange(sl.start, sl.stop)[~done]  # rows already done are never recomputed
-        if not len(todo):
-            continue
-        items, ok, failures = load_inputs(enc, by_id, index, todo, cache)
-        if failures and cfg.on_error == "stop":
-            f = failures[0]
-            raise DataError(
-                f"{f['error']} (video {f['video']} frame {f['frame']}; {eg.key} rows done so far are kept; "
-                "fix the file and run again, or pass on_error=skip)"
-            )
-        # Rows done before and rows that failed keep what the store holds; the rest are computed.
-        block = eg.read_block(b) if done.any() or not ok.all() else {}
-        if items:
-            for k, v in encode_rows(enc, items, cfg.batch_size).items():
-                full = (
-                    block[k].astype(np.float32)
-                    if k in block
-                    else np.zeros((sl.stop - sl.start, *v.shape[1:]), np.float32)
-                )
-                full[todo[ok] - sl.start] = v
-                block[k] = full
-        block_ok = np.zeros(sl.stop - sl.start, bool)
-        block_ok[todo[ok] - sl.start] = True
-        eg.write_block(b, block, ok=block_ok)
-        if failures or done.any():  # a partly done block is a retry: clear or renew its failure records
-            eg.record_failures(b, failures)
-        computed += int(ok.sum())
-        failed += failures
-        if progress:
-            progress(len(todo))
-    return {"split": shard.split, "encoder": shard.encoder, "computed": computed, "failures": failed}
+    """Compute and write one shard's pending rows; returns rows computed per encoder and the failures."""
+    with torch_threads(cfg.threads):
+        return Extraction(cfg, [shard], timings).run(progress)[0]
 
 
 def summarize(cfg: ExtractConfig) -> dict[str, Any]:
@@ -241,7 +462,7 @@ def summarize(cfg: ExtractConfig) -> dict[str, Any]:
         group = store.split(cfg.subset, split)
         for name in cfg.encoders:
             enc = cfg_encoder(cfg, name)
-            eg = group.encoder(name, fingerprint(enc.provenance()))
+            eg = group.encoder(name, fingerprint(with_precision(enc.provenance(), compute_precision(cfg))))
             out[f"{split}/{eg.key}"] = {
                 "rows_done": eg.rows_done(),
                 "rows_total": group.n_rows,
@@ -250,12 +471,22 @@ def summarize(cfg: ExtractConfig) -> dict[str, Any]:
     return out
 
 
-def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
+def extract(cfg: ExtractConfig, progress: bool = True, timings: Timings | None = None) -> dict[str, Any]:
     """Run every pending shard in this process (the flow fans the same shards out as tasks)."""
     from tqdm import tqdm
 
+    t = time.perf_counter()
     shards = prepare(cfg)
-    with tqdm(total=sum(s.rows for s in shards), unit="row", desc="extract", disable=not progress) as bar:
-        results = [extract_shard(cfg, s, bar.update) for s in shards]
+    prepared = time.perf_counter() - t
+    results = []
+    with (
+        tqdm(total=sum(s.rows for s in shards), unit="row", desc="extract", disable=not progress) as bar,
+        torch_threads(cfg.threads),
+    ):
+        for names in dict.fromkeys(s.encoders for s in shards):  # one pipeline per input: no refills
+            results += Extraction(cfg, [s for s in shards if s.encoders == names], timings).run(bar.update)
+    if timings is not None:
+        timings.seconds["prepare"] = prepared
     failures = [f for r in results for f in r["failures"]]
-    return {"shards": len(shards), "computed": sum(r["computed"] for r in results), "failures": failures}
+    computed = sum(n for r in results for n in r["computed"])
+    return {"shards": len(shards), "computed": computed, "failures": failures}

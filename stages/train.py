@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cache import EncoderGroup, FeatureStore, StoreError, fingerprint
+from cache import EncoderGroup, FeatureStore, StoreError
 from cache.batches import FeatureBatches, Source, sources, to_device, video_outputs
 from cache.feed import TrainReader, open_reader
 from pipeline.encoders.registry import resolve_device
@@ -101,11 +101,16 @@ class Features:
 
 
 def open_features(cfg: TrainConfig, split: str, frozen: dict[str, Any]) -> Features:
-    """The split's sub-groups: SAM 2 / BEiT-3 by the fingerprint of the encoders built here, the rest as held."""
+    """The split's sub-groups: SAM 2 / BEiT-3 computed by the encoders built here (fp32 or bf16), the rest as
+    held."""
     group = FeatureStore(cfg.store, mode="r").split(cfg.subset, split)
     # CLIP / CLAP run only at extraction: take the one fingerprint the store holds.
-    want = {n: fingerprint(frozen[n].provenance()) if n in frozen else None for n in FEATURES}
-    return Features({n: group.encoder(n, fp) for n, fp in want.items()})
+    return Features(
+        {
+            n: group.encoder_for(n, frozen[n].provenance()) if n in frozen else group.encoder(n)
+            for n in FEATURES
+        }
+    )
 
 
 def open_batches(

@@ -203,3 +203,106 @@ def test_a_non_empty_folder_that_is_no_store_is_refused(tmp_path):
     (tmp_path / "file.zarr").write_text("x")
     with pytest.raises(StoreError, match="is a file"):
         extract(cfg.model_copy(update={"store": str(tmp_path / "file.zarr")}), progress=False)
+
+
+# --- the pipelined stage: decode once, preprocess and cast on the device, bf16 named in the fingerprint
+
+
+def test_features_equal_the_encoders_own_path_bit_for_bit(tree, reference_store):
+    """What the pipelined stage stores is the encoder's preprocess + forward, cast to float16, bit for bit:
+    the same batches (the preset's batch size, per block), the same thread count."""
+    import torch
+
+    from pipeline.encoders.registry import get_encoder
+    from pipeline.settings import encoder_batch_size
+    from stages.extract import InputCache, batch_plan, load_inputs
+
+    cfg = _cfg(tree, reference_store, frames="all", block_rows=4)
+    group = FeatureStore(str(reference_store), mode="r").split("s4", "val")
+    clips = {c.id: c for c in read_clips(tree, "s4", "val")}
+    for name in ("clip", "sam2", "beit3", "clap", "gt"):
+        enc = get_encoder(name, "tiny", None, "cpu")
+        stored = group.encoder(name)
+        for b in range(group.n_blocks):
+            rows = np.arange(group.n_rows)[group.block_slice(b)]
+            items, _, _ = load_inputs(enc, clips, group.index, rows, InputCache.for_encoder(enc))
+            for idx in batch_plan(items, encoder_batch_size(cfg, name)):
+                with torch.inference_mode():
+                    want = enc.encode(enc.preprocess(np.stack([items[i] for i in idx])))
+                for k, v in want.items():
+                    got = stored.read(k, rows[idx])
+                    np.testing.assert_array_equal(got, v.numpy().astype(got.dtype), err_msg=f"{name}/{k}")
+
+
+def test_frame_encoders_share_one_shard_and_one_decode(tree, tmp_path, monkeypatch):
+    import stages.extract as se
+
+    decoded = []
+    real = se.load_frame
+    monkeypatch.setattr(se, "load_frame", lambda p: decoded.append(p) or real(p))
+    cfg = _cfg(tree, tmp_path / "once.zarr", encoders=["clip", "sam2", "beit3", "clap"], splits=["val"])
+    shards = se.prepare(cfg)
+    assert sorted({s.label for s in shards}) == ["clap", "clip+sam2+beit3"]
+    extract(cfg, progress=False)
+    g = FeatureStore(cfg.store, mode="r").split("s4", "val")
+    assert len(decoded) == len(set(decoded)) == g.n_rows  # every frame decoded once, for all three
+    assert all(g.encoder(n).rows_done() == g.n_rows for n in ("clip", "sam2", "beit3", "clap"))
+
+
+def test_bf16_features_get_their_own_fingerprint_and_never_mix(tree, tmp_path):
+    from cache import FingerprintMismatch
+    from pipeline.provenance import PRECISION_KEY
+
+    store = tmp_path / "bf16.zarr"
+    fp32 = _cfg(tree, store, encoders=["sam2"], splits=["val"], precision="fp32")
+    extract(fp32, progress=False)
+    bf16 = fp32.model_copy(update={"precision": "bf16"})
+    with pytest.raises(FingerprintMismatch, match=PRECISION_KEY):
+        extract(bf16, progress=False)
+    other = tmp_path / "only-bf16.zarr"
+    extract(bf16.model_copy(update={"store": str(other)}), progress=False)
+    a = FeatureStore(str(store), mode="r").split("s4", "val").encoder("sam2")
+    b = FeatureStore(str(other), mode="r").split("s4", "val").encoder("sam2")
+    assert a.fingerprint != b.fingerprint and b.provenance[PRECISION_KEY] == "bf16"
+    x, y = a.read("image_embed", slice(None)), b.read("image_embed", slice(None))
+    assert not np.array_equal(x, y)  # bf16 really computed in bf16 ...
+    np.testing.assert_allclose(y, x, atol=0.1 * np.abs(x).max())  # ... and close to fp32
+    # A head's readers find bf16 features by the encoders that made them (fp32 preferred when both exist).
+    from pipeline.encoders.registry import get_encoder
+
+    prov = get_encoder("sam2", "tiny", None, "cpu").provenance()
+    assert FeatureStore(str(other), mode="r").split("s4", "val").encoder_for("sam2", prov).key == b.key
+    assert FeatureStore(str(store), mode="r").split("s4", "val").encoder_for("sam2", prov).key == a.key
+
+
+def test_batch_sizes_come_from_the_preset_unless_given(tmp_path):
+    from pipeline.settings import encoder_batch_size
+
+    cfg = ExtractConfig(root=tmp_path, preset="paper")
+    assert encoder_batch_size(cfg, "sam2") == 16 and encoder_batch_size(cfg, "clip") == 64
+    assert encoder_batch_size(cfg.model_copy(update={"batch_size": 3}), "sam2") == 3
+    assert encoder_batch_size(ExtractConfig(root=tmp_path), "sam2") == 8
+
+
+def test_non_finite_features_are_refused_and_earlier_blocks_kept(tree, tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.encoders.registry import get_encoder
+
+    enc = get_encoder("clip", "tiny", None, "cpu")
+    real = type(enc).encode
+    calls = []
+
+    def poisoned(self, x):
+        calls.append(len(x))
+        out = real(self, x)
+        if len(calls) == 2:  # the second forward: block 1
+            out["clip"][0] = torch.inf
+        return out
+
+    monkeypatch.setattr(type(enc), "encode", poisoned)
+    cfg = _cfg(tree, tmp_path / "nan.zarr", encoders=["clip"], splits=["val"], block_rows=2, batch_size=2)
+    with pytest.raises(StoreError, match="non-finite features"):
+        extract(cfg, progress=False)
+    done = FeatureStore(cfg.store, mode="r").split("s4", "val").encoder("clip").done_mask()
+    assert done[:2].all() and not done[2:].any()  # block 0 written before the refusal; nothing after

@@ -44,6 +44,17 @@ def check_frames(batch: np.ndarray) -> np.ndarray:
     return a
 
 
+def frames_tensor(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 RGB frames (B, H, W, 3) as a tensor (numpy shared, not copied), else a ValueError."""
+    if torch.is_tensor(batch):
+        if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(
+                f"expected uint8 RGB frames (B, H, W, 3), got {batch.dtype} {tuple(batch.shape)}"
+            )
+        return batch
+    return torch.from_numpy(np.ascontiguousarray(check_frames(batch)))
+
+
 def check_audio(batch: np.ndarray) -> np.ndarray:
     """The input of an audio encoder: float segments (B, samples), samples > 0, else a ValueError."""
     a = np.asarray(batch)
@@ -64,9 +75,19 @@ class Encoder(nn.Module, ABC):
     stereo: Stereo = "mean"
     resampler: Resampler = "polyphase"
 
-    @abstractmethod
+    def host_input(self, batch: np.ndarray) -> torch.Tensor:
+        """Stacked raw rows to the host tensor sent to the device: frames stay uint8 (a quarter of float32's
+        bytes), so resizing and normalising happen on the device (`device_input`)."""
+        return torch.from_numpy(np.ascontiguousarray(batch))
+
+    def device_input(self, x: torch.Tensor) -> torch.Tensor:
+        """host_input's tensor, on the encoder's device, to the model's input (resize, scale, normalise)."""
+        return x
+
     def preprocess(self, batch: np.ndarray) -> torch.Tensor:
-        """Raw frames or audio to the model's input tensor (CPU), exactly as the reference prepares it."""
+        """Raw frames or audio to the model's input on the encoder's device, exactly as the reference
+        prepares it: host_input, the copy, then device_input (on the CPU: the same ops in the same order)."""
+        return self.device_input(self.host_input(batch).to(self.device))
 
     @abstractmethod
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

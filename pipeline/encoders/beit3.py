@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.checkpoints import load_strict, read_evf_sam2, require_file
 from pipeline.config import resolve_weights
-from pipeline.encoders.base import Encoder, check_frames, seeded
+from pipeline.encoders.base import Encoder, frames_tensor, seeded
 
 with warnings.catch_warnings():  # torchscale 0.3.0 imports timm's deprecated `timm.models.layers`
     warnings.filterwarnings("ignore", message="Importing from timm.models.layers", category=FutureWarning)
@@ -141,12 +141,13 @@ def load_beit3(cfg: Config, path: Path) -> BEiT3:
     return model
 
 
-def preprocess_frames(batch: np.ndarray, size: int, antialias: bool = False) -> torch.Tensor:
-    """uint8 RGB (B, H, W, 3) to (B, 3, size, size) in [-1, 1]: ToTensor, bicubic resize, Normalize(.5, .5)."""
-    x = torch.from_numpy(np.ascontiguousarray(check_frames(batch))).permute(0, 3, 1, 2).float().div(255)
+def preprocess_frames(batch: np.ndarray | torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
+    """uint8 RGB (B, H, W, 3) to (B, 3, size, size) in [-1, 1]: ToTensor, bicubic resize, Normalize(.5, .5)
+    (on the frames' device)."""
+    x = frames_tensor(batch).permute(0, 3, 1, 2).float().div_(255)
     if x.shape[-2:] != (size, size):  # torchvision returns the input itself when the size matches
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=antialias)
-    return x.sub(MEAN).div(STD)
+    return x.sub_(MEAN).div_(STD)  # in place (same values); the layout the patch embedding sees is unchanged
 
 
 class Beit3Encoder(Encoder):
@@ -170,9 +171,13 @@ class Beit3Encoder(Encoder):
         """Longest text part the position table holds (positions start at 2, as in fairseq)."""
         return self.cfg.max_source_positions - 2
 
-    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
+    def host_input(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 frames as they are."""
+        return frames_tensor(batch)
+
+    def device_input(self, x: torch.Tensor) -> torch.Tensor:
         """Frames to the [-1, 1] img_size input of EVF-SAM's `images_evf` (224 px in the paper)."""
-        return preprocess_frames(batch, self.cfg.img_size, self.cfg.antialias)
+        return preprocess_frames(x, self.cfg.img_size, self.cfg.antialias)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

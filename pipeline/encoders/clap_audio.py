@@ -187,7 +187,7 @@ class ClapAudioEncoder(ClapEncoder):
         self.audio_transform = clap_module("model").MLPLayers(units=[joint, joint, joint], dropout=0.1)
         self.logit_scale_a = nn.Parameter(torch.full((), math.log(1 / 0.07)))
 
-    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
+    def host_input(self, batch: np.ndarray) -> torch.Tensor:
         """(B, 48000) float32 mono segments to (B, clip_samples): int16 round trip, then repeat-pad."""
         a = check_audio(batch)
         q = quantize_int16(a.astype(np.float32, copy=False))

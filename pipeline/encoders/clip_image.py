@@ -24,7 +24,7 @@ from torch import nn
 
 from pipeline.checkpoints import CheckpointError, load_strict, read_state_dict, require_file, strip_prefix
 from pipeline.config import resolve_weights
-from pipeline.encoders.base import Encoder, check_frames, seeded
+from pipeline.encoders.base import Encoder, frames_tensor, seeded
 
 OUTPUT = "clip"
 # 0-dim entries of OpenAI's files that are hyper-parameters, not weights; every loader drops them.
@@ -62,9 +62,13 @@ class ClipImageEncoder(Encoder):
         # open_clip attaches the preprocessing to the tower it built, so it cannot drift from the model.
         self.preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(visual))
 
-    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
+    def host_input(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 frames as they are."""
+        return frames_tensor(batch)
+
+    def device_input(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) RGB frames -> normalised float32 (B, 3, S, S), as open_clip's eval transform."""
-        return preprocess_frames(batch, self.preprocess_cfg)
+        return preprocess_frames(x, self.preprocess_cfg)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -115,13 +119,13 @@ def center_crop_box(h: int, w: int, size: int) -> tuple[int, int]:
     return int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
 
 
-def preprocess_frames(frames: np.ndarray, cfg: Mapping[str, Any]) -> torch.Tensor:
-    """Batched open_clip eval transform: resize shortest side, center crop, /255, normalise."""
-    frames = check_frames(frames)
+def preprocess_frames(frames: np.ndarray | torch.Tensor, cfg: Mapping[str, Any]) -> torch.Tensor:
+    """Batched open_clip eval transform: resize shortest side, center crop, /255, normalise (on the frames'
+    device)."""
+    x = frames_tensor(frames).permute(0, 3, 1, 2)
     if cfg.get("resize_mode", "shortest") != "shortest":
         raise NotImplementedError(f"resize_mode {cfg['resize_mode']!r}: only 'shortest' is implemented")
     size = _square_size(cfg["size"])
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
     h, w = x.shape[-2:]
     oh, ow = resized_shape(h, w, size)
     if (oh, ow) != (h, w):
@@ -130,10 +134,12 @@ def preprocess_frames(frames: np.ndarray, cfg: Mapping[str, Any]) -> torch.Tenso
         mode = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
         x = F.interpolate(x.contiguous(), size=(oh, ow), mode=mode, antialias=True, align_corners=False)
     top, left = center_crop_box(oh, ow, size)
-    x = x[..., top : top + size, left : left + size].float().div(255)
-    mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub(mean).div(std).contiguous()
+    # The model takes NCHW: made contiguous while still uint8 (a quarter of the bytes to move), then the
+    # elementwise steps run in place (same values as out of place, no new buffers).
+    x = x[..., top : top + size, left : left + size].contiguous().float().div_(255)
+    mean = torch.tensor(cfg["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -36,9 +36,12 @@ class GtMaskEncoder(Encoder):
         """Where outputs are produced."""
         return self._anchor.device
 
-    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
-        """Bool (B, H, W) masks to uint8, nearest-resized to size when they differ."""
-        x = torch.from_numpy(np.asarray(batch, dtype=np.uint8))
+    def host_input(self, batch: np.ndarray) -> torch.Tensor:
+        """Bool (B, H, W) masks as uint8."""
+        return torch.from_numpy(np.asarray(batch, dtype=np.uint8))
+
+    def device_input(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 masks, nearest-resized to size when they differ."""
         if x.shape[1:] != (self.cfg.size, self.cfg.size):
             x = F.interpolate(x[:, None].float(), size=(self.cfg.size,) * 2, mode="nearest")[:, 0].to(
                 torch.uint8

@@ -181,7 +181,7 @@ class MsclapAudioEncoder(ClapEncoder):
         self.audio_encoder = audio_encoder  # same key names as CLAP's `audio_encoder.*`
         self.resampler = cfg.resampler
 
-    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
+    def host_input(self, batch: np.ndarray) -> torch.Tensor:
         """(B, samples) float32 segments as they are: msclap feeds the raw waveform (no padding, no quantising)."""
         return torch.from_numpy(np.ascontiguousarray(check_audio(batch), dtype=np.float32))
 

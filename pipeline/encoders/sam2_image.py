@@ -43,7 +43,7 @@ from torch import nn
 
 from pipeline.checkpoints import CheckpointError, load_strict, read_evf_sam2, read_state_dict, require_file
 from pipeline.config import resolve_weights
-from pipeline.encoders.base import Encoder, check_frames, seeded
+from pipeline.encoders.base import Encoder, check_frames, frames_tensor, seeded
 
 IMAGE_EMBED = "image_embed"
 TRUNK_IN = "trunk_in"
@@ -136,11 +136,17 @@ class Sam2ImageEncoder(Encoder):
         self.model_cfg: dict[str, Any] = OmegaConf.to_container(model_config(cfg), resolve=True)
         self.high_res_names = HIGH_RES[cfg.highres]
 
-    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
-        """uint8 (B, H, W, 3) RGB frames -> float32 (B, 3, S, S), as sam2's SAM2Transforms."""
+    def host_input(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 frames as they are (sam1: resized on the host, with PIL as the reference does)."""
         if self.cfg.resize == "sam1":
-            return preprocess_frames_sam1(batch, self.cfg.image_size)
-        return preprocess_frames(batch, self.cfg.image_size)
+            return resize_frames_sam1(batch, self.cfg.image_size)
+        return frames_tensor(batch)
+
+    def device_input(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) RGB frames -> float32 (B, 3, S, S), as sam2's SAM2Transforms (or SAM-1's)."""
+        if self.cfg.resize == "sam1":
+            return normalize_frames_sam1(x, self.cfg.image_size)
+        return preprocess_frames(x, self.cfg.image_size)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -311,16 +317,24 @@ def trunk_shapes(trunk: nn.Module, image_size: int) -> tuple[list[tuple[int, ...
 # ---------------------------------------------------------------- preprocessing
 
 
-def preprocess_frames(frames: np.ndarray, image_size: int) -> torch.Tensor:
-    """ToTensor (/255), Resize((S, S)) bilinear antialiased, Normalize(ImageNet): SAM2Transforms, batched."""
-    x = torch.from_numpy(np.ascontiguousarray(check_frames(frames))).permute(0, 3, 1, 2).float().div(255)
+def preprocess_frames(frames: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
+    """ToTensor (/255), Resize((S, S)) bilinear antialiased, Normalize(ImageNet): SAM2Transforms, batched
+    (on the frames' device)."""
+    x = frames_tensor(frames).permute(0, 3, 1, 2)
     if x.shape[-2:] != (image_size, image_size):
+        # Resized from the channels-last float tensor, as always: the resize kernel differs by layout.
         x = F.interpolate(
-            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+            x.float().div(255),
+            size=(image_size, image_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
         )
-    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub(mean).div(std).contiguous()
+    else:  # NCHW made while still uint8 (a quarter of the bytes to move)
+        x = x.contiguous().float().div_(255)
+    mean = torch.tensor(MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std).contiguous()  # in place: the same values, no new buffers
 
 
 def longest_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
@@ -329,20 +343,33 @@ def longest_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def preprocess_frames_sam1(frames: np.ndarray, image_size: int) -> torch.Tensor:
-    """SAM-1's ResizeLongestSide (PIL bilinear on uint8) + mean/std on 0-255 + zero pad: AV2T's images_sam."""
+def resize_frames_sam1(frames: np.ndarray, image_size: int) -> torch.Tensor:
+    """SAM-1's ResizeLongestSide on the host: PIL bilinear on uint8, longest side to size -> uint8 (B, h, w, 3)."""
     frames = check_frames(frames)
     h, w = longest_side_shape(frames.shape[1], frames.shape[2], image_size)
-    mean = torch.tensor([255 * m for m in MEAN], dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor([255 * s for s in STD], dtype=torch.float32).view(3, 1, 1)
-    out = torch.zeros(len(frames), 3, image_size, image_size)
+    out = np.empty((len(frames), h, w, 3), np.uint8)
     for i, frame in enumerate(frames):
         img = Image.fromarray(frame)
         if img.size != (w, h):  # torchvision's resize returns the PIL image itself when the size matches
             img = img.resize((w, h), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()
-        out[i, :, :h, :w] = (x - mean) / std
+        out[i] = np.asarray(img)
+    return torch.from_numpy(out)
+
+
+def normalize_frames_sam1(x: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Resized uint8 (B, h, w, 3) -> mean/std on the 0-255 scale, zero padded to S x S (bottom/right)."""
+    x = frames_tensor(x)
+    h, w = x.shape[1:3]
+    mean = torch.tensor([255 * m for m in MEAN], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor([255 * s for s in STD], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    out = torch.zeros(len(x), 3, image_size, image_size, device=x.device)
+    out[:, :, :h, :w] = (x.permute(0, 3, 1, 2).float() - mean) / std
     return out
+
+
+def preprocess_frames_sam1(frames: np.ndarray, image_size: int) -> torch.Tensor:
+    """SAM-1's ResizeLongestSide (PIL bilinear on uint8) + mean/std on 0-255 + zero pad: AV2T's images_sam."""
+    return normalize_frames_sam1(resize_frames_sam1(frames, image_size), image_size)
 
 
 # ---------------------------------------------------------------- model config

@@ -19,6 +19,7 @@ from pipeline.checkpoints import CheckpointError, state_digest
 from pipeline.files import save_torch
 from pipeline.model.av2t_sam import AV2TSAM
 from pipeline.model.config import HeadConfig
+from pipeline.provenance import fingerprint, precision_variants
 
 FORMAT = "av2t-head/1"
 REQUIRED = ("preset", "head", "trainable", "frozen", "features")
@@ -132,12 +133,13 @@ def check_frozen(ck: HeadCheckpoint, model: AV2TSAM) -> None:
         )
 
 
-def check_features(ck: HeadCheckpoint, have: dict[str, str], where: str) -> None:
-    """Features from `where` (encoder name -> fingerprint) must be those the head was trained on."""
+def check_features(ck: HeadCheckpoint, have: dict[str, dict[str, Any]], where: str) -> None:
+    """Features from `where` (encoder name -> provenance) must be those the head was trained on: the same
+    encoders, whether the training features were computed in fp32 or bf16."""
     bad = [
-        f"{name}: checkpoint {ck.features[name]}, {where} {fp}"
-        for name, fp in have.items()
-        if name in ck.features and ck.features[name] != fp
+        f"{name}: checkpoint {ck.features[name]}, {where} {fingerprint(prov)}"
+        for name, prov in have.items()
+        if name in ck.features and ck.features[name] not in precision_variants(prov)
     ]
     if bad:
         raise CheckpointError(
