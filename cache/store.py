@@ -355,6 +355,64 @@ def object_rows_raw(arr: zarr.Array, i: int) -> list[np.ndarray] | None:
     return rows
 
 
+_EMPTY = np.uint64(2**64 - 1)  # a shard index entry of a chunk that is not stored
+
+
+def write_object_raw(arr: zarr.Array, i: int, x: np.ndarray) -> bool:
+    """Write stored object i (a shard or chunk) whole, in the very bytes zarr writes (plain little-endian
+    chunks, each followed by its crc32c; a sharded array's index at the end, with its own crc32c), from
+    numpy: no codec pipeline and no event loop, so the writer holds the GIL for microseconds, not
+    milliseconds, while the encoders' forward needs it (extraction).
+
+    Written to a temporary file renamed into place, as zarr does, so a reader never sees half an object.
+    False when the array is not stored that way (compressed, remote, ...): the caller writes through zarr.
+    """
+    import os
+    import uuid
+
+    import google_crc32c
+
+    layout = _raw_layout(arr)
+    if layout is None:
+        return False
+    root, inner, sharded = layout
+    sl = object_rows(arr, i)
+    n = sl.stop - sl.start
+    dtype = np.dtype(arr.dtype).newbyteorder("<")
+    x = np.ascontiguousarray(x, dtype=dtype)
+    if x.shape != (n, *arr.shape[1:]):
+        raise StoreError(f"{arr.store_path.path}: object {i} takes {(n, *arr.shape[1:])}, got {x.shape}")
+    per = inner if sharded else outer_rows(arr)  # rows per chunk
+    n_chunks = outer_rows(arr) // inner if sharded else 1
+    index = np.full((n_chunks, 2), _EMPTY, dtype="<u8")
+    parts, offset = [], 0
+    for c in range(math.ceil(n / per)):
+        rows = x[c * per : (c + 1) * per]
+        if len(rows) < per:  # an edge chunk is stored whole, padded with the fill value (0)
+            rows = np.concatenate([rows, np.zeros((per - len(rows), *rows.shape[1:]), dtype)])
+        data = rows.reshape(-1).view(np.uint8)  # a view of the rows' bytes: no copy
+        data.flags.writeable = False  # google_crc32c takes read-only buffers only
+        parts += [data, int(google_crc32c.value(data)).to_bytes(4, "little")]
+        index[c] = (offset, data.nbytes + 4)
+        offset += data.nbytes + 4
+    if sharded:
+        raw_index = index.tobytes()
+        parts += [raw_index, int(google_crc32c.value(raw_index)).to_bytes(4, "little")]
+    path = f"{root}/{object_key(arr, i)}"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    try:  # os.open, not mkstemp: the file gets the umask's permissions, as zarr's own files do (not 0600)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            for part in parts:
+                f.write(part)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
+
+
 CODECS: dict[str, Any] = {
     "none": lambda: None,
     "zstd": lambda: [zarr.codecs.ZstdCodec(level=3)],
@@ -1034,7 +1092,9 @@ class EncoderGroup:
                     {str(v) for v in self.split.index.video[sl][~np.isfinite(x).reshape(n, -1).all(1)]}
                 )
                 raise StoreError(f"{self.key}/{name}: non-finite features for video(s) {bad[:5]}")
-            self.writable(name)[sl] = x.astype(spec.dtype, copy=False)
+            arr, x = self.writable(name), x.astype(spec.dtype, copy=False)
+            if outer_rows(arr) != self.split.block_rows or not write_object_raw(arr, b, x):
+                arr[sl] = x
         done = self.writable("done")
         if ok is None:
             done[sl] = 1

@@ -59,7 +59,12 @@ class ExtractConfig(BaseModel):
         description="int8: store the (C, H, W) feature maps (SAM 2) as int8 with a float32 scale per row and "
         "channel, half the bytes of float16 (README, a smaller cache)",
     )
-    decode_workers: int = Field(4, ge=1, description="threads decoding frames / audio ahead of the encoders")
+    decode_workers: int | None = Field(
+        None,
+        ge=1,
+        description="threads decoding frames / audio ahead of the encoders (default: 1 when they run "
+        "on the CPU, 4 beside a GPU)",
+    )
     frames: Literal["used", "all"] = Field(
         "used", description="used: S4 train frame 1 only (the annotated one); all: every frame"
     )

@@ -102,6 +102,14 @@ def input_groups(cfg: ExtractConfig) -> list[tuple[str, ...]]:
     return [tuple(by_kind[k]) for k in INPUT_ORDER if k in by_kind]
 
 
+def decode_workers(cfg: ExtractConfig, device: torch.device) -> int:
+    """Threads decoding inputs: cfg's, else 1 when the encoders run on the CPU (whose cores they need; one
+    decoder ahead of them is measured fastest there, bench/bench_extract.py) and 4 beside a GPU."""
+    if cfg.decode_workers is not None:
+        return cfg.decode_workers
+    return 1 if device.type == "cpu" else 4
+
+
 def compute_precision(cfg: ExtractConfig) -> str:
     """fp32 or bf16: cfg.precision with auto resolved for the encoders' device."""
     return resolve_precision(cfg.precision, resolve_device(cfg.device))
@@ -136,6 +144,7 @@ class InputCache:
 
 _DECODE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="av2t-decode")
 AHEAD_BLOCKS = 2  # blocks decoded ahead of the encoders, and blocks written behind them
+WRITERS = 2  # writer threads beside a GPU
 
 
 def input_path(enc: Encoder, clip: Clip, k: int) -> Path | None:
@@ -164,18 +173,19 @@ def load_inputs(
     index: SplitIndex,
     rows: np.ndarray,
     cache: InputCache,
-    pool: ThreadPoolExecutor | None = None,
+    pool: ThreadPoolExecutor | None | bool = None,
 ):
     """Raw inputs of the rows (frames, audio segments or masks) and a failure record for each bad one.
 
-    Decoded in parallel (PNG and WAV decoding release the GIL); audio once per video, its rows sharing it.
+    Decoded in parallel in `pool` (PNG and WAV decoding release the GIL; default: a shared pool of 4), or
+    with pool=False one after the other in this thread; audio once per video, its rows sharing it.
     """
-    pool = pool or _DECODE_POOL
+    run = (pool or _DECODE_POOL).map if pool is not False else map  # False: in this thread, in order
     keys = [(clips[index.video[r]], int(index.frame[r])) for r in rows]
     if enc.input == "audio":  # one WAV per video: decode each video's once, videos in parallel
         videos = list({c.id: c for c, _ in keys}.values())
-        list(pool.map(lambda c: _load_one(enc, c, 1, cache), videos))
-    loaded = list(pool.map(lambda ck: _load_one(enc, *ck, cache), keys))
+        list(run(lambda c: _load_one(enc, c, 1, cache), videos))
+    loaded = list(run(lambda ck: _load_one(enc, *ck, cache), keys))
     items, ok, failures = [], np.ones(len(rows), bool), []
     for i, ((clip, k), x) in enumerate(zip(keys, loaded, strict=True)):
         if isinstance(x, DataError):
@@ -255,8 +265,8 @@ def encode_on_device(
 
 
 class Extraction:
-    """Shards of the encoders reading one input, as one pipeline: decode (threads) -> encoders on the device
-    (this thread) -> write (a thread).
+    """Shards of the encoders reading one input, as one pipeline: decode (a thread) -> encoders on the device
+    (this thread) -> write (behind).
 
     Inputs are decoded `AHEAD_BLOCKS` blocks ahead, across shard and split boundaries, once for all the
     encoders, and turned into host tensors there (uint8 frames, pinned for an asynchronous copy on CUDA);
@@ -299,7 +309,7 @@ class Extraction:
                     out.append(BlockWork(i, sw, b, sl, todo))
         return out
 
-    def decode(self, work: BlockWork, pool: ThreadPoolExecutor) -> BlockWork:
+    def decode(self, work: BlockWork, pool: ThreadPoolExecutor | bool) -> BlockWork:
         """A block's inputs decoded once, cut into each encoder's host batches."""
         union = np.unique(np.concatenate(work.todo))
         sw = work.split
@@ -378,9 +388,18 @@ class Extraction:
         if not self.shards:
             return results
         plan = self.plan()
-        pool = ThreadPoolExecutor(max_workers=self.cfg.decode_workers, thread_name_prefix="av2t-decode")
+        device = self.encs[0].device
+        workers = decode_workers(self.cfg, device)
+        # One decoder: the reader thread itself (a pool's hand-offs cost more GIL than they save there).
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="av2t-decode") if workers > 1 else False
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="av2t-read")
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="av2t-write")
+        # Encoders on the CPU need its cores, and every Python thread more takes the GIL from their forward:
+        # there the reader thread also writes (measured best, bench/bench_extract.py). Beside a GPU the
+        # host has cores to spare and paper-size blocks take long to write: writers of their own.
+        writer = (
+            reader if device.type == "cpu" else ThreadPoolExecutor(WRITERS, thread_name_prefix="av2t-write")
+        )
+        behind = AHEAD_BLOCKS if device.type == "cpu" else AHEAD_BLOCKS + WRITERS
         ahead: deque[Future] = deque(reader.submit(self.decode, w, pool) for w in plan[:AHEAD_BLOCKS])
         writes: deque[Future] = deque()
         try:
@@ -401,7 +420,7 @@ class Extraction:
                 except StoreError:
                     _drain(writes)
                     raise
-                while len(writes) >= AHEAD_BLOCKS:
+                while len(writes) >= behind:
                     with self.t.part("wait for writes"):
                         writes.popleft().result()
                 writes.append(writer.submit(self.write, work, out))
@@ -417,7 +436,7 @@ class Extraction:
         finally:
             for f in ahead:
                 f.cancel()
-            for ex in (reader, writer, pool):
+            for ex in {reader, writer, pool} - {False}:
                 ex.shutdown(wait=True)
         return results
 

@@ -202,7 +202,7 @@ def test_flow_parameters_carry_the_models_defaults_and_descriptions():
     assert (
         ex["properties"]["store"]["default"] == _action(_parser("extract"), "store").default == DEFAULT_STORE
     )
-    assert ex["properties"]["decode_workers"]["minimum"] == 1
+    assert ex["properties"]["block_rows"]["minimum"] == 1
     # batch_size may be left out (the preset's extract.json decides): an integer >= 1 or null
     assert {"type": "integer", "minimum": 1} in ex["properties"]["batch_size"]["anyOf"]
 

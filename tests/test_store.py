@@ -229,3 +229,39 @@ def test_a_store_written_with_zstd_resumes_with_its_own_codec(tmp_path):
     with pytest.raises(StoreError, match="was created with arrays"):
         g.require_encoder("fake", PROVENANCE, {"emb": ArraySpec((9,), "float16")})
     np.testing.assert_array_equal(again.read("emb", np.arange(4)), block_data(old, 0)["emb"])
+
+
+@pytest.mark.parametrize("rows,block", [(70, 32), (5, 32), (64, 8)])
+def test_the_direct_writer_writes_the_bytes_zarr_writes(tmp_path, rows, block):
+    """Extraction writes whole uncompressed objects without zarr's codec pipeline: the files must be the very
+    ones zarr writes (sharded and not, edge chunks padded), and read back through zarr."""
+    import zarr
+
+    from cache.store import WRITE_ALL_CHUNKS, _create_feature_array, _raw_layout, object_key, write_object_raw
+
+    specs = {
+        "map": ArraySpec((64, 32, 32), "float16"),  # sharded: 128 KiB rows, 1 MiB chunks
+        "vec": ArraySpec((64,), "float16"),
+        "q": ArraySpec((16, 8, 8), "int8"),
+        "mask": ArraySpec((224, 224), "uint8"),
+    }
+    rng = np.random.default_rng(0)
+    for name, spec in specs.items():
+        ours, theirs = (zarr.open_group(str(tmp_path / k), mode="a") for k in ("ours", "zarr"))
+        for g in (ours, theirs):
+            _create_feature_array(g, name, spec, rows, block)
+        a, b = (g[name].with_config(WRITE_ALL_CHUNKS) for g in (ours, theirs))
+        x = (rng.standard_normal((rows, *spec.shape)) * 10).astype(spec.dtype)
+        n_objects = -(-rows // block)
+        for i in range(n_objects):
+            sl = slice(i * block, min((i + 1) * block, rows))
+            assert write_object_raw(a, i, x[sl]), name
+            b[sl] = x[sl]
+        np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "ours"))[name][:], x)
+        for i in range(n_objects):
+            mine = (Path(_raw_layout(a)[0]) / object_key(a, i)).read_bytes()
+            want = (Path(_raw_layout(b)[0]) / object_key(b, i)).read_bytes()
+            assert mine == want, (name, i)
+    compressed = zarr.open_group(str(tmp_path / "zstd"), mode="a")
+    _create_feature_array(compressed, "z", ArraySpec((8,), "float16", "zstd"), rows, block)
+    assert not write_object_raw(compressed["z"], 0, np.zeros((min(rows, block), 8), np.float16))
