@@ -27,6 +27,7 @@ assert tuple(MODULES) == ENCODER_NAMES, "pipeline.settings.ENCODER_NAMES lists t
 # and the head still see the encoder name; its outputs' widths come from the implementation.
 IMPLEMENTATIONS = {name: (module,) for name, module in MODULES.items()} | {
     "clap": ("clap_audio", "msclap_audio"),
+    "sam2": ("sam2_image", "sam1_image"),  # the SAM slot: SAM 2 (EVF-SAM2) or SAM 1 (EVF-SAM1)
 }
 IMPL_KEY = "impl"
 
