@@ -1,6 +1,7 @@
 """Extraction benchmark: frames/s of the extract stage vs the bare encoder forward (the ceiling), side by side.
 
-Run: python bench/bench_extract.py [--videos 12] [--preset tiny|paper] [--device cpu|cuda] [--threads 1]
+Run: python bench/bench_extract.py [--videos 24] [--preset tiny|paper] [--device cpu|cuda] [--threads 1]
+     python bench/bench_extract.py --preset paper --random-weights --device cuda   (paper sizes on a GPU)
 
 Per encoder, in one run, after a warm-up of each: the stage for that encoder alone (decode PNG/WAV ahead in
 threads, uint8 to the device, preprocessing and forward there, cast to the storage dtype there, copy back,
@@ -111,6 +112,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the forward (0: leave as is)")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs of each; the best is kept")
     ap.add_argument("--encoders", nargs="+", default=["clip", "sam2", "beit3", "clap"])
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build every encoder with seeded random weights (the paper preset's sizes without its files)",
+    )
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -125,6 +131,7 @@ def main() -> None:
             precision=a.precision,
             batch_size=a.batch_size,
             threads=a.threads,
+            overrides={n: {"weights": None} for n in a.encoders} if a.random_weights else {},
         )
         print(
             f"{a.subset}, {a.videos} videos, preset {a.preset}, device {a.device}, precision "
