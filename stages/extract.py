@@ -83,9 +83,9 @@ def prepare(cfg: ExtractConfig, blocks_per_shard: int = 4) -> list[Shard]:
     shards = []
     for split, index in indexes.items():
         group = store.require_split(cfg.subset, split, index, cfg.block_rows)
+        slices = [group.block_slice(b) for b in range(group.n_blocks)]
         for names in kinds:
             done = [require_encoder_group(cfg, group, cfg_encoder(cfg, n)).done_mask() for n in names]
-            slices = [group.block_slice(b) for b in range(group.n_blocks)]
             pending = [b for b, sl in enumerate(slices) if any(not d[sl].all() for d in done)]
             for i in range(0, len(pending), blocks_per_shard):
                 blocks = tuple(pending[i : i + blocks_per_shard])
@@ -249,6 +249,7 @@ class BlockWork:
     rows: slice
     todo: list[np.ndarray]  # per encoder: its pending rows of the block
     failures: list[dict[str, Any]] = field(default_factory=list)  # per bad input row
+    computed: list[np.ndarray] = field(default_factory=list)  # per encoder: its pending rows whose input read
     batches: list[list[tuple[np.ndarray, torch.Tensor]]] = field(default_factory=list)  # per encoder
 
 
@@ -322,6 +323,7 @@ class Extraction:
         with self.t.part("host input"):
             for enc, rows, size in zip(self.encs, work.todo, self.sizes, strict=True):
                 good = np.array([r for r in rows.tolist() if r in at], dtype=np.int64)
+                work.computed.append(good)
                 mine = [items[at[r]] for r in good.tolist()]
                 per = []
                 for idx in batch_plan(mine, size):
@@ -331,7 +333,7 @@ class Extraction:
         return work
 
     def compute(self, work: BlockWork) -> list[dict[str, np.ndarray]]:
-        """Per encoder, the stored arrays of its computed rows (storage dtypes, in its todo order)."""
+        """Per encoder, the stored arrays of its computed rows (storage dtypes, in row order)."""
         out = []
         for enc, eg, per in zip(self.encs, work.split.egs, work.batches, strict=True):
             parts: dict[str, list[np.ndarray]] = {}
@@ -346,19 +348,23 @@ class Extraction:
             if len(bad_rows):
                 videos = sorted({str(v) for v in work.split.group.index.video[bad_rows]})
                 raise StoreError(f"{eg.key}: non-finite features for video(s) {videos[:5]}")
-            out.append({k: np.concatenate(v) for k, v in parts.items()})
+            arrays = {k: np.concatenate(v) for k, v in parts.items()}
+            rows = np.concatenate([r for r, _ in per]) if per else np.zeros(0, np.int64)
+            if np.any(np.diff(rows) < 0):  # inputs of several shapes were batched apart: back to row order
+                order = np.argsort(rows, kind="stable")
+                arrays = {k: v[order] for k, v in arrays.items()}
+            out.append(arrays)
         return out
 
     def write(self, work: BlockWork, results: list[dict[str, np.ndarray]]) -> None:
         """Write the block of every encoder (rows done before, and rows that failed, keep what is stored)."""
-        failed = {f["row"] for f in work.failures}
         sl, n = work.rows, work.rows.stop - work.rows.start
         with self.t.part("write"):
-            for eg, todo, stored in zip(work.split.egs, work.todo, results, strict=True):
+            for eg, todo, computed, stored in zip(
+                work.split.egs, work.todo, work.computed, results, strict=True
+            ):
                 if not len(todo):
                     continue
-                mine = set(todo.tolist())
-                computed = np.array([r for r in todo.tolist() if r not in failed], dtype=np.int64)
                 partial = len(todo) < n or len(computed) < len(todo)
                 block = eg.read_block(work.block) if partial else {}
                 for k, spec in eg.specs.items():
@@ -369,9 +375,8 @@ class Extraction:
                 ok = np.zeros(n, bool)
                 ok[computed - sl.start] = True
                 eg.write_block(work.block, block, ok=ok, checked=True)
-                if (
-                    failed & mine or len(todo) < n
-                ):  # a partly done block is a retry: clear or renew its records
+                if partial:  # input failures, or a partly done block (a retry): clear or renew its records
+                    mine = set(todo.tolist())
                     eg.record_failures(work.block, [f for f in work.failures if f["row"] in mine])
 
     def run(self, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
@@ -424,10 +429,9 @@ class Extraction:
                     with self.t.part("wait for writes"):
                         writes.popleft().result()
                 writes.append(writer.submit(self.write, work, out))
-                failed = {f["row"] for f in work.failures}
                 res = results[work.shard]
-                for j, todo in enumerate(work.todo):
-                    res["computed"][j] += sum(1 for r in todo.tolist() if r not in failed)
+                for j, (todo, computed) in enumerate(zip(work.todo, work.computed, strict=True)):
+                    res["computed"][j] += len(computed)
                     if progress:
                         progress(len(todo))
                 res["failures"] += work.failures

@@ -374,3 +374,25 @@ def test_missing_weights_file_says_where_to_put_it(tmp_path):
     msg = str(e.value)
     assert str(tmp_path / PAPER_FILE) in msg
     assert "not found" in msg and "microsoft/msclap" in msg and "CLAP_weights_2023.pth" in msg
+
+
+def test_rows_batched_apart_by_shape_are_stored_in_row_order(tmp_path):
+    """A stereo video between mono ones: its 2-s rows are batched after the mono rows, and still each row
+    holds its own segment's embedding."""
+    root = tmp_path / "tree"
+    write_synthetic(root, "ms3", videos=6, seed=5)
+    clips = read_clips(root, "ms3", "train")
+    channels = [sf.info(str(c.audio_path)).channels for c in clips]
+    assert channels[0] == 1 and 2 in channels[1:-1] and channels[-1] == 1  # stereo rows precede mono ones
+    folder = tiny_preset(tmp_path, stereo="flatten")
+    store = tmp_path / "s.zarr"
+    cfg = ExtractConfig(
+        root=root, subset="ms3", store=str(store), device="cpu", encoders=["clap"], splits=["train"],
+        preset=str(folder), dtype="float32",
+    )  # fmt: skip
+    extract(cfg, progress=False)
+    got = FeatureStore(str(store), mode="r").split("ms3", "train").encoder("clap").array("clap")[:]
+    enc = build_encoder("clap", folder)
+    want = [enc.encode(enc.preprocess(seg[None]))["clap"].numpy()[0] for c in clips
+            for seg in load_segments(c.audio_path, 44_100, stereo="flatten")]  # fmt: skip
+    np.testing.assert_allclose(got, np.stack(want), atol=1e-5, rtol=0)
