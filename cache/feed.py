@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from cache.batches import FeatureBatches, Source, prefetch
+from cache.quant import torch_dtype
 from cache.store import FeatureStore, object_rows_raw, outer_rows, read_rows_many
 
 Mode = Literal["auto", "resident", "streaming"]
@@ -210,7 +211,7 @@ class TrainReader(FeatureBatches):
             host: dict[str, list[Any]] = {f: [None] * n for f in arrays}
         else:
             out = {
-                f: torch.empty((n, *a.shape[1:]), dtype=_torch_dtype(a.dtype), device=dev)
+                f: torch.empty((n, *a.shape[1:]), dtype=torch_dtype(a.dtype), device=dev)
                 for f, a in arrays.items()
             }
 
@@ -292,7 +293,7 @@ class _Stream:
         for f in self.r.sources:
             like = next(iter(data.values()))[f][0]
             if self.pin:  # page-locked: the copy to the device can be asynchronous
-                t = torch.empty((len(rows), *like.shape), dtype=_torch_dtype(like.dtype), pin_memory=True)
+                t = torch.empty((len(rows), *like.shape), dtype=torch_dtype(like.dtype), pin_memory=True)
                 dst = t.numpy()
             else:  # numpy's allocator: torch.empty of big CPU tensors is ~8x slower to fill (fresh pages)
                 dst = np.empty((len(rows), *like.shape), like.dtype)
@@ -307,10 +308,6 @@ class _Stream:
         self.next = i + 1
         self._submit_until(set())
         return out
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
 def open_reader(

@@ -83,7 +83,7 @@ def to_storage(
         if spec.dtype == "int8" and scale_name(name) in specs:
             out[name], out[scale_name(name)] = quantize_int8(y)
         else:
-            out[name] = y.to(_torch_dtype(spec.dtype))
+            out[name] = y.to(torch_dtype(spec.dtype))
     return out
 
 
@@ -113,5 +113,6 @@ def dequantize(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _torch_dtype(dtype: str) -> torch.dtype:
+def torch_dtype(dtype: str | np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy dtype (or its name)."""
     return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype

@@ -30,8 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 import pipeline.compat  # noqa: F401  (segment_anything imports torchvision)
-from pipeline.checkpoints import CheckpointError, load_strict, read_evf_sam2, read_state_dict, require_file
-from pipeline.config import resolve_weights
+from pipeline.checkpoints import CheckpointError, read_evf_sam2, read_state_dict
 from pipeline.encoders.base import Encoder, seeded
 from pipeline.encoders.sam2_image import (
     IMAGE_EMBED,
@@ -40,6 +39,7 @@ from pipeline.encoders.sam2_image import (
     TRUNK_IN,
     normalize_frames_sam1,
     parameters_on_meta,
+    random_or_loaded,
     resize_frames_sam1,
 )
 
@@ -227,13 +227,5 @@ def read_sam1_state(path: Path, weights_format: str) -> dict[str, torch.Tensor]:
 
 def build(cfg: Config, weights_dir: str | Path | None = None) -> Sam1ImageEncoder:
     """The encoder of a preset: seeded random SAM 1, or the official file loaded strictly."""
-    path = resolve_weights(cfg.weights, weights_dir)
-    if path is None:
-        sam = build_sam(cfg)
-    else:
-        path = require_file(path, "SAM 1", WEIGHTS_SOURCES[cfg.weights_format])
-        sd = read_sam1_state(path, cfg.weights_format)
-        sam = build_sam(cfg, empty=True).to_empty(device="cpu")
-        load_strict(sam, sd, path)
-        del sd
+    sam = random_or_loaded(cfg, weights_dir, "SAM 1", WEIGHTS_SOURCES, build_sam, read_sam1_state)
     return Sam1ImageEncoder(sam, cfg).eval().requires_grad_(False)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -458,15 +458,27 @@ def read_sam_state(path: Path, weights_format: str) -> dict[str, torch.Tensor]:
     return dict(obj["model"])
 
 
-def build(cfg: Config, weights_dir: str | Path | None = None) -> Sam2ImageEncoder:
-    """The encoder of a preset: seeded random SAM 2, or the official file loaded strictly."""
+def random_or_loaded(
+    cfg: Any,
+    weights_dir: str | Path | None,
+    what: str,
+    sources: Mapping[str, str],
+    make: Callable[..., nn.Module],
+    read: Callable[[Path, str], dict[str, torch.Tensor]],
+) -> nn.Module:
+    """A SAM (1 or 2) of the config: make(cfg) with seeded random weights when cfg.weights is None, else
+    cfg.weights (in cfg.weights_format, read by `read`) loaded strictly into make(cfg, empty=True)."""
     path = resolve_weights(cfg.weights, weights_dir)
     if path is None:
-        sam = build_sam(cfg)
-    else:
-        path = require_file(path, "SAM 2", WEIGHTS_SOURCES[cfg.weights_format])
-        sd = read_sam_state(path, cfg.weights_format)
-        sam = build_sam(cfg, empty=True).to_empty(device="cpu")
-        load_strict(sam, sd, path)
-        del sd
+        return make(cfg)
+    path = require_file(path, what, sources[cfg.weights_format])
+    sd = read(path, cfg.weights_format)
+    model = make(cfg, empty=True).to_empty(device="cpu")
+    load_strict(model, sd, path)
+    return model
+
+
+def build(cfg: Config, weights_dir: str | Path | None = None) -> Sam2ImageEncoder:
+    """The encoder of a preset: seeded random SAM 2, or the official file loaded strictly."""
+    sam = random_or_loaded(cfg, weights_dir, "SAM 2", WEIGHTS_SOURCES, build_sam, read_sam_state)
     return Sam2ImageEncoder(sam, cfg).eval().requires_grad_(False)
