@@ -1,4 +1,4 @@
-"""The demo: synthetic S4 and MS3 -> extract-features -> train-head -> evaluate, on the `tiny` preset."""
+"""The demo: synthetic S4 and MS3 -> extract-features -> train-head -> evaluate, on the `tiny` preset (or --preset)."""
 
 from __future__ import annotations
 
@@ -34,10 +34,11 @@ def demo(**params: Any) -> list[dict]:
         # The demo rewrites its data, so it starts a fresh store and head (a store never mixes clip lists).
         for old in (Path(store), base / f"train-{subset}"):
             shutil.rmtree(old, ignore_errors=True)
-        extract_features(root=str(root), subset=subset, store=store, device="cpu")
+        extract_features(root=str(root), subset=subset, store=store, device="cpu", preset=s.preset)
         table = train_head(
             store=store,
             subset=subset,
+            preset=s.preset,
             epochs=s.epochs,
             out=str(base / f"train-{subset}"),
             device="cpu",
@@ -70,14 +71,17 @@ def demo(**params: Any) -> list[dict]:
 def main(s: DemoSettings | None = None) -> None:
     """Run the demo flow; print the table and where the reports are."""
     t = time.perf_counter()
+    cfg = s or DemoSettings()
 
     def tagged() -> list[dict]:
         with tags("demo"):  # the demo's run and its sub-flows' (each adds its subset and preset)
-            return demo(**(s or DemoSettings()).model_dump())
+            return demo(**cfg.model_dump())
 
     rows = run_flow("the demo", tagged)
     df = pd.DataFrame(rows)
-    print("\nAV2T-SAM demo (synthetic AVSBench, tiny preset, random-weight encoders; end-to-end test split;")
+    print(
+        f"\nAV2T-SAM demo (synthetic AVSBench, {cfg.preset} preset, random-weight encoders; end-to-end test split;"
+    )
     print("M_F with one video per batch, as the AV2T test):\n")
     print(df.drop(columns="report").to_markdown(index=False, floatfmt=".4f"))
     for r in rows:

@@ -359,6 +359,9 @@ class DemoSettings(BaseModel):
     ms3_videos: int = Field(24, ge=3, description="synthetic MS3 videos")
     epochs: int = Field(15, ge=1, description="training epochs per subset")
     seed: int = Field(0, ge=0, description="seed of the synthetic data")
+    preset: str = Field(
+        "tiny", description="encoder preset of random weights: tiny (SAM 2) or tiny-sam1 (the SAM 1 backbone)"
+    )
 
 
 # The options of the `av2t` commands that run no flow.
@@ -441,7 +444,11 @@ class OfficialImportOptions(_Options):
         None,
         description="where the CLIP / MS-CLAP files are, linked into out (default: $AV2T_WEIGHTS, else ./weights)",
     )
-    preset: str = Field("paper-official", description="encoder preset of the head")
+    preset: str | None = Field(
+        None,
+        description="encoder preset of the head (default: paper-official for a checkpoint on SAM 2, "
+        "paper-official-sam1 on SAM 1)",
+    )
 
 
 class OfficialExportOptions(_Options):

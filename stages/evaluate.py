@@ -218,6 +218,7 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
         "checkpoint": str(cfg.checkpoint),
         "model": {
             "preset": ck.preset,
+            "backbone": ck.data.get("backbone", "sam2"),  # heads saved before SAM 1 are all on SAM 2
             "head_digest": ck.digest(),
             "trained_subset": ck.subset,
             "epoch": ck.data.get("epoch"),

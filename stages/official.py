@@ -2,10 +2,11 @@
 
 import: the reference `{name}_best.pth` becomes
   <out>/head.pt                                    our head checkpoint (evaluate/train read it), and
-  <out>/weights/evf-sam2-multitask/model.safetensors  its frozen SAM 2 / BEiT-3 / fcs in EVF-SAM2's layout,
-so that the `paper-official` preset pointed at <out>/weights builds exactly the encoders the head was
-trained with (the frozen-weights fingerprints in head.pt match them). The CLIP and CLAP files of the
-preset are linked into <out>/weights from the user's weights folder when they are there.
+  <out>/weights/evf-sam2-multitask/model.safetensors  its frozen SAM 2 / BEiT-3 / fcs in EVF-SAM2's layout
+  (on SAM 1: <out>/weights/evf-sam-multitask/model.safetensors, EVF-SAM1's layout),
+so that the `paper-official` (`paper-official-sam1`) preset pointed at <out>/weights builds exactly the
+encoders the head was trained with (the frozen-weights fingerprints in head.pt match them). The CLIP and
+CLAP files of the preset are linked into <out>/weights from the user's weights folder when they are there.
 export: one of our heads (built on its preset's encoders) written in the reference layout.
 """
 
@@ -18,22 +19,27 @@ from pipeline.config import encoder_config, resolve_weights
 from pipeline.model.build import build_model
 from pipeline.model.head_checkpoint import head_payload, load_head, read_head, save_head
 from pipeline.official import from_reference_state, read_reference, save_reference
-from pipeline.official.model import PRESET
+from pipeline.official.checkpoint import backbone_of
+from pipeline.official.model import PRESETS
 
-EVF_FILE = Path("evf-sam2-multitask") / "model.safetensors"
 LINKED = ("clip", "clap")  # encoders whose weight files import links next to the written EVF file
 
 
 def import_reference(
-    path: str | Path, out: str | Path, weights_dir: str | Path | None = None, preset: str = PRESET
+    path: str | Path, out: str | Path, weights_dir: str | Path | None = None, preset: str | None = None
 ) -> dict[str, Path]:
-    """Write our head checkpoint and an EVF-SAM2 weights folder from a reference checkpoint."""
+    """Write our head checkpoint and an EVF-SAM weights folder from a reference checkpoint (SAM 2 or SAM 1).
+
+    preset None: paper-official for a checkpoint on SAM 2, paper-official-sam1 on SAM 1.
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
     sd = read_reference(path)
+    preset = preset or PRESETS[backbone_of(sd)]
     model = from_reference_state(sd, path, preset)
-    evf = out / "weights" / EVF_FILE
+    # Where the preset reads its SAM (and BEiT-3) weights: the EVF file written here.
+    evf = out / "weights" / encoder_config(preset, "sam2")["weights"]
     evf.parent.mkdir(parents=True, exist_ok=True)
     frozen = {k[len("model.") :]: v.contiguous() for k, v in sd.items() if k.startswith("model.")}
     save_file(frozen, str(evf), metadata={"format": "pt", "source": f"model.* of {Path(path).name}"})

@@ -24,12 +24,38 @@ def write_preset(folder: Path, extends: str | None = None, **files: dict) -> Pat
 
 
 def test_shipped_presets_resolve_every_file():
-    assert list_presets() == ["paper", "paper-official", "tiny"]
+    assert list_presets() == [
+        "paper",
+        "paper-official",
+        "paper-official-sam1",
+        "paper-sam1",
+        "tiny",
+        "tiny-sam1",
+    ]
     for preset in list_presets():
         for name in ENCODER_NAMES:
             assert isinstance(encoder_config(preset, name), dict), (preset, name)
     assert preset_chain("paper-official") == [PRESETS_DIR / "paper-official", PRESETS_DIR / "paper"]
     assert preset_chain("tiny") == [PRESETS_DIR / "tiny"]
+    assert preset_chain("paper-official-sam1") == [
+        PRESETS_DIR / "paper-official-sam1",
+        PRESETS_DIR / "paper-sam1",
+        PRESETS_DIR / "paper",
+    ]
+    # The SAM 1 presets change the SAM slot (and where BEiT-3 is read from) and nothing else.
+    for name in ENCODER_NAMES:
+        if name not in ("sam2", "beit3"):
+            assert encoder_config("tiny-sam1", name) == encoder_config("tiny", name), name
+            want = "paper-official" if name == "clap" else "paper"
+            assert encoder_config("paper-official-sam1", name) == encoder_config(want, name), name
+    assert (
+        encoder_config("tiny-sam1", "sam2")["impl"]
+        == encoder_config("paper-sam1", "sam2")["impl"]
+        == "sam1_image"
+    )
+    assert encoder_config("paper-sam1", "beit3") == encoder_config("paper", "beit3") | {
+        "weights": "evf-sam-multitask/model.safetensors"
+    }
 
 
 def test_paper_official_extends_paper():

@@ -20,6 +20,7 @@ model.safetensors) or Meta's `sam_vit_h_4b8939.pth` (a bare state dict), both lo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -202,10 +203,21 @@ def vit_embed(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + vit.pos_embed if vit.pos_embed is not None else x
 
 
-def run_vit_blocks(vit: nn.Module, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
-    """ViT blocks start..stop-1 on channels-last x, as ImageEncoderViT.forward runs them."""
-    for blk in vit.blocks[start : len(vit.blocks) if stop is None else stop]:
-        x = blk(x)
+def run_vit_blocks(
+    vit: nn.Module,
+    x: torch.Tensor,
+    start: int,
+    stop: int | None = None,
+    prompts: Mapping[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """ViT blocks start..stop-1 on channels-last x, as ImageEncoderViT.forward runs them.
+
+    prompts[i] (B, C), when given, is added to block i's input, broadcast over H and W (AV2T's adapters).
+    """
+    for i in range(start, len(vit.blocks) if stop is None else stop):
+        if prompts is not None and i in prompts:
+            x = x + prompts[i][:, None, None, :]
+        x = vit.blocks[i](x)
     return x
 
 
@@ -229,3 +241,8 @@ def build(cfg: Config, weights_dir: str | Path | None = None) -> Sam1ImageEncode
     """The encoder of a preset: seeded random SAM 1, or the official file loaded strictly."""
     sam = random_or_loaded(cfg, weights_dir, "SAM 1", WEIGHTS_SOURCES, build_sam, read_sam1_state)
     return Sam1ImageEncoder(sam, cfg).eval().requires_grad_(False)
+
+
+def build_empty(cfg: Config) -> Sam1ImageEncoder:
+    """The encoder with every tensor on meta, uninitialised (a checkpoint's tensors are assigned into it)."""
+    return Sam1ImageEncoder(build_sam(cfg, empty=True), cfg)

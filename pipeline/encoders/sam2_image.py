@@ -482,3 +482,8 @@ def build(cfg: Config, weights_dir: str | Path | None = None) -> Sam2ImageEncode
     """The encoder of a preset: seeded random SAM 2, or the official file loaded strictly."""
     sam = random_or_loaded(cfg, weights_dir, "SAM 2", WEIGHTS_SOURCES, build_sam, read_sam_state)
     return Sam2ImageEncoder(sam, cfg).eval().requires_grad_(False)
+
+
+def build_empty(cfg: Config) -> Sam2ImageEncoder:
+    """The encoder with every tensor on meta, uninitialised (a checkpoint's tensors are assigned into it)."""
+    return Sam2ImageEncoder(build_sam(cfg, empty=True), cfg)

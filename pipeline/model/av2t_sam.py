@@ -76,7 +76,15 @@ def select_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 class AV2TSAM(nn.Module):
-    """The AV2T-SAM model over frozen SAM 2 and BEiT-3 encoders; trains from cached features or raw frames."""
+    """The AV2T-SAM model over frozen SAM 2 and BEiT-3 encoders; trains from cached features or raw frames.
+
+    The SAM-specific steps are methods a backbone overrides (`AV2TSAM1` for SAM 1): the block widths and the
+    adapters, the cached fields, the image features from the cache or from images, and the decoding.
+    """
+
+    backbone = "sam2"
+    # Our head key prefix -> the reference checkpoint's (see pipeline.official).
+    reference_prefixes = REFERENCE_PREFIXES
 
     def __init__(
         self,
@@ -92,33 +100,47 @@ class AV2TSAM(nn.Module):
         self.cfg = cfg
         self.sam2 = sam2.eval().requires_grad_(False)
         self.beit3 = beit3.eval().requires_grad_(False)
-        sam = sam2.sam
-        trunk = sam.image_encoder.trunk
-        n_blocks = len(trunk.blocks)
+        widths = self.block_widths()
+        n_blocks = len(widths)
         if cfg.adapters and cfg.adapter_start_block >= n_blocks:
             raise ValueError(
-                f"adapter_start_block {cfg.adapter_start_block}: the trunk has blocks 0..{n_blocks - 1}"
+                f"adapter_start_block {cfg.adapter_start_block}: the image encoder has blocks 0..{n_blocks - 1}"
             )
         if cfg.n_tokens > beit3.max_text_tokens:
             raise ValueError(f"n_tokens {cfg.n_tokens} > BEiT-3's {beit3.max_text_tokens} text positions")
-        width, prompt_dim = beit3.cfg.embed_dim, sam.sam_prompt_encoder.embed_dim
+        decoder, prompt_encoder = self.sam_decoder_parts()
+        width, prompt_dim = beit3.cfg.embed_dim, prompt_encoder.embed_dim
         self.d_clip, self.d_clap = d_clip, d_clap
         with seeded(cfg.seed):
             self.projector = Projector(cfg, d_clip, d_clap, width)
             if cfg.adapters:
-                widths = {i: trunk.blocks[i].dim for i in range(cfg.adapter_start_block, n_blocks)}
-                self.audio_prompt_generator = AdapterBank(cfg.d_shared, cfg.adapter_hidden, widths)
+                adapted = {i: c for i, c in widths.items() if i >= cfg.adapter_start_block}
+                self.audio_prompt_generator = self.make_adapters(adapted)
             self.text_hidden_fcs = text_hidden_fcs(width, prompt_dim)
         if text_fcs is not None:
             load_strict(self.text_hidden_fcs, text_fcs, text_fcs_source)
         # Own copies: training must not change the encoders' weights (conv_s0/conv_s1 make after_conv caches).
-        self.sam_mask_decoder = copy.deepcopy(sam.sam_mask_decoder).requires_grad_(True)
-        self.no_mask_embed = copy.deepcopy(sam.sam_prompt_encoder.no_mask_embed).requires_grad_(True)
-        self.convs_frozen = self.highres == "after_conv" and not cfg.adapters
+        self.sam_mask_decoder = copy.deepcopy(decoder).requires_grad_(True)
+        self.no_mask_embed = copy.deepcopy(prompt_encoder.no_mask_embed).requires_grad_(True)
+        self.convs_frozen = self.backbone == "sam2" and self.highres == "after_conv" and not cfg.adapters
         if self.convs_frozen:
             self.sam_mask_decoder.conv_s0.requires_grad_(False)
             self.sam_mask_decoder.conv_s1.requires_grad_(False)
         self.train()
+
+    # ------------------------------------------------------------ the backbone's parts
+
+    def block_widths(self) -> dict[int, int]:
+        """Input width of every block of the image encoder's trunk, by block index."""
+        return {i: blk.dim for i, blk in enumerate(self.sam2.sam.image_encoder.trunk.blocks)}
+
+    def sam_decoder_parts(self) -> tuple[nn.Module, nn.Module]:
+        """The SAM's mask decoder and prompt encoder (the head copies the decoder and `no_mask_embed`)."""
+        return self.sam2.sam.sam_mask_decoder, self.sam2.sam.sam_prompt_encoder
+
+    def make_adapters(self, widths: dict[int, int]) -> nn.Module:
+        """The adapter bank for the adapted blocks (index -> input width)."""
+        return AdapterBank(self.cfg.d_shared, self.cfg.adapter_hidden, widths)
 
     # ------------------------------------------------------------ description
 
@@ -129,14 +151,15 @@ class AV2TSAM(nn.Module):
 
     def cached_fields(self) -> dict[str, list[str]]:
         """The store arrays forward_cached needs, per encoder name."""
-        fields = {"clip": [CLIP], "clap": [CLAP], "beit3": [BEIT3_PATCHES]}
+        return {"clip": [CLIP], "clap": [CLAP], "beit3": [BEIT3_PATCHES], "sam2": self._sam_fields()}
+
+    def _sam_fields(self) -> list[str]:
+        """The SAM encoder's cached arrays this head reads."""
         if self.cfg.adapters:
             k = self.cfg.adapter_start_block
             ends = S.emitting_blocks(self.sam2.sam.image_encoder.trunk)
-            fields["sam2"] = [S.TRUNK_IN] + [S.stage_out_name(j) for j, e in enumerate(ends) if e < k]
-        else:
-            fields["sam2"] = [S.IMAGE_EMBED, *S.HIGH_RES[self.highres]]
-        return fields
+            return [S.TRUNK_IN] + [S.stage_out_name(j) for j, e in enumerate(ends) if e < k]
+        return [S.IMAGE_EMBED, *S.HIGH_RES[self.highres]]
 
     def head_modules(self) -> dict[str, nn.Module]:
         """The modules this model trains (and saves), by name."""
@@ -216,6 +239,12 @@ class AV2TSAM(nn.Module):
         x = {n: self._as_input(batch[n]) for n in need}
         fused = self.projector(x[CLIP], x[CLAP])
         prompt = self._prompt(x[BEIT3_PATCHES], fused)
+        return self._decode(*self._image_features_cached(x, fused), prompt)
+
+    def _image_features_cached(
+        self, x: Mapping[str, torch.Tensor], fused: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The decoder's image embedding and high-res features from the cached arrays."""
         if self.cfg.adapters:
             early = [x[n] for n in self.cached_fields()["sam2"][1:]]
             embed, high_res = self._sam_from_block(x[S.TRUNK_IN].permute(0, 2, 3, 1), early, fused)
@@ -225,7 +254,7 @@ class AV2TSAM(nn.Module):
             s0, s1 = (x[n] for n in S.HIGH_RES["before_conv"])
             dec = self.sam_mask_decoder
             embed, high_res = x[S.IMAGE_EMBED], [dec.conv_s0(s0), dec.conv_s1(s1)]
-        return self._decode(embed, high_res, prompt)
+        return embed, high_res
 
     def forward_raw(
         self, frames: np.ndarray | torch.Tensor, clip: torch.Tensor, clap: torch.Tensor
@@ -248,6 +277,12 @@ class AV2TSAM(nn.Module):
             patches = self.beit3.beit3.vision_embed(self._as_input(images_beit))
             image = self._as_input(images_sam)
         prompt = self._prompt(patches, fused)
+        return self._decode(*self._image_features_raw(image, fused), prompt)
+
+    def _image_features_raw(
+        self, image: torch.Tensor, fused: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The decoder's image embedding and high-res features from preprocessed images."""
         image_encoder = self.sam2.sam.image_encoder
         if self.cfg.adapters:
             k = self.cfg.adapter_start_block
@@ -260,7 +295,7 @@ class AV2TSAM(nn.Module):
             with torch.no_grad():
                 feats, _ = S.neck_levels(image_encoder, image_encoder.trunk(image))
             embed, high_res = self._levels(feats)
-        return self._decode(embed, high_res, prompt)
+        return embed, high_res
 
     @torch.no_grad()
     def predict(

@@ -1,7 +1,8 @@
-"""The one builder of AV2T-SAM: a head on the preset's frozen SAM 2 and BEiT-3 (or on encoders given)."""
+"""The one builder of AV2T-SAM: a head on the preset's frozen SAM (2 or 1) and BEiT-3 (or on encoders given)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,20 @@ from pipeline.model.config import HeadConfig
 
 # The frozen encoders a head runs in every step (CLIP / CLAP run only at extraction or end to end).
 FROZEN = ("sam2", "beit3")
+# The head class per implementation of the SAM slot (the encoder's module), as module:class.
+HEADS = {
+    "sam2_image": "pipeline.model.av2t_sam:AV2TSAM",
+    "sam1_image": "pipeline.model.av2t_sam1:AV2TSAM1",
+}
+
+
+def head_class(sam: Encoder) -> type[AV2TSAM]:
+    """AV2TSAM on a SAM 2 encoder, AV2TSAM1 on a SAM 1 encoder."""
+    impl = type(sam).__module__.rsplit(".", 1)[-1]
+    if impl not in HEADS:
+        raise ValueError(f"no AV2T-SAM head for SAM implementation {impl!r}; known: {sorted(HEADS)}")
+    module, name = HEADS[impl].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def sam2_overrides(head: HeadConfig) -> dict[str, Any] | None:
@@ -29,7 +44,7 @@ def frozen_encoders(
     weights_dir: str | Path | None = None,
     device: str | torch.device = "auto",
 ) -> dict[str, Encoder]:
-    """SAM 2 (configured for the head's adapters) and BEiT-3, built as extraction built them."""
+    """The SAM encoder (configured for the head's adapters) and BEiT-3, built as extraction built them."""
     return {
         "sam2": get_encoder("sam2", preset, weights_dir, device, sam2_overrides(head)),
         "beit3": get_encoder("beit3", preset, weights_dir, device),
@@ -50,18 +65,19 @@ def build_model(
     device: str | torch.device = "cpu",
     encoders: dict[str, Encoder] | None = None,
 ) -> AV2TSAM:
-    """AV2T-SAM on the preset's SAM 2 and BEiT-3; text_hidden_fcs from its EVF-SAM2 file when it has one.
+    """AV2T-SAM on the preset's SAM and BEiT-3; text_hidden_fcs from its EVF-SAM file when it has one.
 
-    d_clip / d_clap are the embeddings' widths (the store's, the encoders' or a checkpoint's). `encoders`
-    gives built SAM 2 / BEiT-3 to use instead (they must match the head: see `frozen_encoders`).
+    The SAM slot's implementation picks the head class (SAM 2: AV2TSAM, SAM 1: AV2TSAM1). d_clip / d_clap
+    are the embeddings' widths (the store's, the encoders' or a checkpoint's). `encoders` gives built SAM /
+    BEiT-3 to use instead (they must match the head: see `frozen_encoders`).
     """
     enc = encoders or frozen_encoders(head, preset, weights_dir, device)
     beit3 = enc["beit3"]
     fcs, source = None, "text_hidden_fcs"
-    if beit3.cfg.weights is not None:  # the same EVF-SAM2 file holds BEiT-3 and the fcs
+    if beit3.cfg.weights is not None:  # the same EVF-SAM file holds BEiT-3 and the fcs
         source = resolve_weights(beit3.cfg.weights, weights_dir)
         fcs = read_text_hidden_fcs(source)
-    return AV2TSAM(head, enc["sam2"], beit3, d_clip, d_clap, fcs, source).to(device)
+    return head_class(enc["sam2"])(head, enc["sam2"], beit3, d_clip, d_clap, fcs, source).to(device)
 
 
 def read_text_hidden_fcs(path: str | Path) -> dict[str, torch.Tensor]:

@@ -42,6 +42,7 @@ def head_payload(
         "name": name,
         "preset": str(preset),
         "subset": subset,
+        "backbone": model.backbone,
         "head": model.cfg.model_dump(mode="json"),
         "trainable": model.trainable_state_dict(),
         "frozen": model.frozen_fingerprints(),

@@ -1,11 +1,12 @@
 """The reference AV2T-SAM checkpoint layout (`torch.save(AVTSAM.state_dict())`), read into and written from ours.
 
 The reference file holds the whole model under the reference's module names:
-`model.visual_model.*` (SAM 2, EVF's naming), `model.mm_extractor.beit3.*` (BEiT-3), `model.text_hidden_fcs.*`,
-`projector.*` (projections + MLP) and, with adapters, `audio_prompt_generator.lightweight_mlp_{i}.*`.
-Our AV2TSAM holds the same tensors as `sam2.sam.*`, `beit3.beit3.*` and the head modules; the head's own
-copies of the mask decoder and `no_mask_embed` take the reference's (trained) ones, and so does the frozen
-SAM 2 encoder, so that exporting gives back the file tensor for tensor.
+`model.visual_model.*` (SAM 2 in EVF's naming, or SAM 1 in segment-anything's), `model.mm_extractor.beit3.*`
+(BEiT-3), `model.text_hidden_fcs.*`, `projector.*` (projections + MLP) and, with adapters,
+`audio_prompt_generator.lightweight_mlp_{i}.*` (+ `shared_mlp.*` on SAM 1).
+Our AV2TSAM / AV2TSAM1 holds the same tensors as `sam2.sam.*` (the SAM slot), `beit3.beit3.*` and the head
+modules; the head's own copies of the mask decoder and `no_mask_embed` take the reference's (trained) ones,
+and so does the frozen SAM encoder, so that exporting gives back the file tensor for tensor.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ BEIT3 = "model.mm_extractor.beit3."
 ADAPTERS = "audio_prompt_generator."
 # Our top-level names of the frozen encoders' tensors.
 OUR_SAM, OUR_BEIT3 = "sam2.sam.", "beit3.beit3."
-KNOWN_PREFIXES = (SAM, BEIT3, *REFERENCE_PREFIXES.values())
+KNOWN_PREFIXES = (SAM, BEIT3, *REFERENCE_PREFIXES.values())  # the same on SAM 1 (all under SAM but two)
+# Reference SAM key <-> our SAM encoder's key, per backbone (EVF renames SAM 2's CXBlock gamma; SAM 1 is as is).
+SAM_KEYS = {"sam2": (sam2_to_evf_key, evf_to_sam2_key), "sam1": (str, str)}
+SAM1_MARK = SAM + "image_encoder.blocks."  # a ViT's blocks; SAM 2's Hiera has image_encoder.trunk.blocks
 
 
 def read_reference(path: str | Path) -> dict[str, torch.Tensor]:
@@ -57,17 +61,22 @@ def has_adapters(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith(ADAPTERS) for k in sd)
 
 
-def head_to_reference(key: str) -> str:
-    """A key of our trainable_state_dict under its reference name."""
-    for ours, ref in REFERENCE_PREFIXES.items():
+def backbone_of(sd: Mapping[str, torch.Tensor]) -> str:
+    """ "sam1" for a reference state on EVF-SAM1 (a ViT), "sam2" on EVF-SAM2 (Hiera)."""
+    return "sam1" if any(k.startswith(SAM1_MARK) for k in sd) else "sam2"
+
+
+def head_to_reference(key: str, prefixes: Mapping[str, str] = REFERENCE_PREFIXES) -> str:
+    """A key of our trainable_state_dict under its reference name (prefixes: the model's)."""
+    for ours, ref in prefixes.items():
         if key.startswith(ours):
             return ref + key[len(ours) :]
-    raise KeyError(f"{key}: not a head key ({tuple(REFERENCE_PREFIXES)})")
+    raise KeyError(f"{key}: not a head key ({tuple(prefixes)})")
 
 
-def reference_to_head(key: str) -> str | None:
+def reference_to_head(key: str, prefixes: Mapping[str, str] = REFERENCE_PREFIXES) -> str | None:
     """A reference key under our trainable_state_dict name, or None for frozen tensors."""
-    for ours, ref in REFERENCE_PREFIXES.items():
+    for ours, ref in prefixes.items():
         if key.startswith(ref):
             return ours + key[len(ref) :]
     return None
@@ -77,16 +86,18 @@ def to_reference(model: AV2TSAM, check: bool = True) -> dict[str, torch.Tensor]:
     """Our model's tensors in the reference layout and order (the head's decoder, not the encoder's).
 
     check=True refuses a model the reference code could not load: its keys and shapes must be exactly those
-    of the published checkpoint (paper head, `mul`, SAM 2 Hiera-L, BEiT-3-L, 512-d CLIP, 1024-d CLAP).
+    of the published checkpoint (paper head, `mul`, SAM 2 Hiera-L or SAM 1 ViT-H, BEiT-3-L, 512-d CLIP,
+    1024-d CLAP).
     """
-    head = {head_to_reference(k): v for k, v in _head_state(model).items()}
+    head = {head_to_reference(k, model.reference_prefixes): v for k, v in _head_state(model).items()}
+    to_ref = SAM_KEYS[model.backbone][0]
     out: dict[str, torch.Tensor] = {}
     for k, v in model.sam2.sam.state_dict().items():
-        ref = SAM + sam2_to_evf_key(k)
+        ref = SAM + to_ref(k)
         out[ref] = head.pop(ref, v)  # the trained decoder / no_mask_embed replace the encoder's
     out.update({BEIT3 + k: v for k, v in model.beit3.beit3.state_dict().items()})
     if check:
-        rows = read_key_listing(listing_path(model.cfg.adapters))
+        rows = read_key_listing(listing_path(model.cfg.adapters, model.backbone))
         want = {k: s for k, s, _ in rows}
         have = {**out, **head}
         problems = shape_differences(want, {k: tuple(v.shape) for k, v in have.items()})
@@ -109,14 +120,15 @@ def load_reference_state(model: AV2TSAM, sd: Mapping[str, torch.Tensor], source:
     if problems:
         raise CheckpointError(f"{source}: does not match this AV2T-SAM model: {problems}")
     own = model.state_dict()
+    from_ref = SAM_KEYS[model.backbone][1]
     ours: dict[str, torch.Tensor] = {}
     for ref, v in sd.items():
-        head_key = reference_to_head(ref)
+        head_key = reference_to_head(ref, model.reference_prefixes)
         if head_key is not None:
-            # A copy: the head trains; the frozen SAM 2 encoder must not change with it.
+            # A copy: the head trains; the frozen SAM encoder must not change with it.
             ours[head_key] = v.to(own[head_key].dtype, copy=True)
         if ref.startswith(SAM):
-            key = OUR_SAM + evf_to_sam2_key(ref[len(SAM) :])
+            key = OUR_SAM + from_ref(ref[len(SAM) :])
             ours[key] = v.to(own[key].dtype)
         elif ref.startswith(BEIT3):
             key = OUR_BEIT3 + ref[len(BEIT3) :]

@@ -12,11 +12,15 @@ from pipeline.checkpoints import read_key_listing
 LISTINGS = Path(__file__).parent / "listings"
 ADAPTER_LISTING = LISTINGS / "av2t-sam_evf-sam2_mul_adapter.keys.tsv"
 PLAIN_LISTING = LISTINGS / "av2t-sam_evf-sam2_mul.keys.tsv"
+# The reference's --evf_version per backbone: its checkpoints are named after it.
+EVF_VERSIONS = {"sam2": "evf-sam2", "sam1": "evf-sam"}
 
 
-def listing_path(adapters: bool) -> Path:
-    """The key listing of the reference checkpoint with or without adapters."""
-    return ADAPTER_LISTING if adapters else PLAIN_LISTING
+def listing_path(adapters: bool, backbone: str = "sam2") -> Path:
+    """The key listing of the reference checkpoint on a backbone (sam2 / sam1), with or without adapters."""
+    if backbone not in EVF_VERSIONS:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {tuple(EVF_VERSIONS)}")
+    return LISTINGS / f"av2t-sam_{EVF_VERSIONS[backbone]}_mul{'_adapter' if adapters else ''}.keys.tsv"
 
 
 def random_tensor(key: str, shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
