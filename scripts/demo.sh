@@ -4,4 +4,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export PREFECT_HOME="${PREFECT_HOME:-$here/.prefect}" PREFECT_LOGGING_LEVEL="${PREFECT_LOGGING_LEVEL:-WARNING}"
-exec av2t demo --out "${AV2T_DEMO_DIR:-$here/runs/demo}"
+exec av2t demo --out "${AV2T_DEMO_DIR:-$here/runs/demo}" "$@"

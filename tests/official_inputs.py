@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -29,16 +31,29 @@ def parity_inputs(seed: int = SEED) -> dict[str, torch.Tensor]:
     }
 
 
-IOU_BIAS = "model.visual_model.sam_mask_decoder.iou_prediction_head.layers.2.bias"
-IOU_NUDGE = 0.25
+# The reference logits per backbone (tests/reference/README.md says how they were made).
+GOLDEN = {
+    "sam2": Path(__file__).parent / "reference" / "av2t_sam_parity.npz",
+    "sam1": Path(__file__).parent / "reference" / "av2t_sam1_parity.npz",
+}
+IOU_BIAS = {
+    "sam2": "model.visual_model.sam_mask_decoder.iou_prediction_head.layers.2.bias",
+    "sam1": "model.visual_model.mask_decoder.iou_prediction_head.layers.2.bias",
+}
+# (bias row, amount) per backbone: row 0 is the single-mask output, rows 1..3 the multimask outputs 0..2.
+IOU_NUDGE = {"sam2": (2, 0.25), "sam1": (3, 0.505)}
 
 
-def nudge_mask_choice(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Raise the IoU logit of the second multimask output (row 2; row 0 is the single-mask output).
+def nudge_mask_choice(sd: dict[str, torch.Tensor], backbone: str = "sam2") -> dict[str, torch.Tensor]:
+    """Raise the IoU logit of one multimask output, so that the two frames of the adapter run pick different masks.
 
-    With plain random weights every frame picks multimask output 0, so a test could not see the selection;
-    with this nudge the two frames of the adapter run pick different masks (0 and 1, margins ~0.03 in logit).
+    With plain random weights every frame picks multimask output 0, so a test could not see the selection.
+    SAM 2: output 1 by 0.25, the frames then pick 0 and 1 (margins ~0.03 in logit). SAM 1: output 2 by 0.505,
+    between the two frames' gaps (0.492 and 0.519, reference run without the nudge), so they pick 2 and 0
+    (margins ~0.013).
     """
-    bias = sd[IOU_BIAS].clone()
-    bias[2] += IOU_NUDGE
-    return {**sd, IOU_BIAS: bias}
+    key = IOU_BIAS[backbone]
+    row, amount = IOU_NUDGE[backbone]
+    bias = sd[key].clone()
+    bias[row] += amount
+    return {**sd, key: bias}

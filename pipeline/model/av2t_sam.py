@@ -19,6 +19,8 @@ and `no_mask_embed`; the head keeps its own copies of the last two, so the encod
 untouched (their weights digests stay valid). Frozen: BEiT-3, the Hiera trunk, the FPN neck, the rest of the
 prompt encoder, the memory modules. One exception, forced by the cache layout: a cache of the high-res levels
 *after* conv_s0/conv_s1 (sam2 highres="after_conv") without adapters freezes those two convs.
+
+The same head on SAM 1 (EVF-SAM1) is `AV2TSAM1` (pipeline.model.av2t_sam1), which overrides the SAM steps.
 """
 
 from __future__ import annotations

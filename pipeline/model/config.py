@@ -30,11 +30,13 @@ class HeadConfig(BaseModel):
     mlp_hidden: int = Field(512, gt=0)
     """Hidden width of `to_text_space`: Linear(d_shared, mlp_hidden) -> ReLU -> Linear(., n_tokens * D)."""
     adapters: bool = False
-    """Add a projection of the fused feature to the input of Hiera blocks adapter_start_block..end."""
+    """Add a projection of the fused feature to the input of the SAM image encoder's blocks (Hiera or ViT)
+    adapter_start_block..end."""
     adapter_start_block: int = Field(0, ge=0)
-    """First adapted Hiera block; 0 = every block (the paper). Blocks before it are cached."""
+    """First adapted block; 0 = every block (the paper). Blocks before it are cached."""
     adapter_hidden: int = Field(512, gt=0)
-    """Adapter: Linear(d_shared, adapter_hidden) -> GELU -> Linear(., C_i), C_i = block i's input width."""
+    """Adapter: Linear(d_shared, adapter_hidden) -> GELU -> Linear(., C_i), C_i = block i's input width (SAM 2);
+    on SAM 1 the last Linear is one `shared_mlp` for every block, as the reference's."""
     mask_size: int = Field(224, gt=0)
     """Side of the output logits (the reference upsamples to 224, where loss and metrics are computed)."""
     bce_weight: float = Field(1.0, ge=0)
