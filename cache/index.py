@@ -42,10 +42,11 @@ class SplitIndex:
 
     @classmethod
     def from_clips(cls, clips: Iterable[ClipLike], frames: FrameSelection = "used") -> SplitIndex:
-        """Rows for clips: 'used' keeps only annotated frames of S4 train (the training rows), 'all' all five."""
+        """Rows for clips: 'used' keeps only the annotated frames of a train split that annotates some of them (S4 /
+        v1s train: frame 1), 'all' every frame."""
         rows = []
         for c in clips:
-            only_annotated = frames == "used" and c.subset == "s4" and c.split == "train"
+            only_annotated = frames == "used" and c.split == "train" and len(c.annotated) < len(c.frames)
             for k in c.frames:
                 if only_annotated and k not in c.annotated:
                     continue

@@ -8,7 +8,8 @@ Two flow functions under one flow name, `evaluate`, and two deployments (flows/s
 - `nightly` (deployment `evaluate/nightly`, scheduled): run name `nightly-<date>`; one `evaluate` subflow run
   per subset, tagged `nightly`, which names its runs and artifacts `nightly-...` instead.
 
-A regression (a compared score lower than the previous report's by more than the tolerance) ends the run
+A regression (a compared score worse than the previous report's by more than the tolerance: lower, or higher
+for a score where lower is better, as an FPR) ends the run
 Failed, named `Regression`, with `on_regression=fail` (the nightly's default), or Completed, named
 `Completed with regression`, with `warn` (the on-demand default); the artifacts are published first.
 """
@@ -101,10 +102,15 @@ def what_changed(now: dict[str, Any], prev: dict[str, Any] | None) -> str:
 
 
 def compared_scores(report: dict[str, Any]) -> list[str]:
-    """The report keys its evaluators mark for comparison (higher is better)."""
+    """The report keys its evaluators mark for comparison."""
     if "score_rows" not in report:
         return list(LEGACY_COMPARED)
     return [r["key"] for r in report["score_rows"] if r["compare"]]
+
+
+def higher_is_better(report: dict[str, Any]) -> dict[str, bool]:
+    """Per score row key, whether a higher value is better (rows written before it said so: all are)."""
+    return {r["key"]: r.get("higher_is_better", True) for r in report.get("score_rows", [])}
 
 
 def score(report: dict[str, Any], key: str) -> float | None:
@@ -118,19 +124,23 @@ def score(report: dict[str, Any], key: str) -> float | None:
 
 
 def compare(now: dict[str, Any], prev: dict[str, Any] | None, tolerance: float) -> list[dict[str, Any]]:
-    """One row per compared score: now, before, delta, and whether it regressed by more than the tolerance."""
+    """One row per compared score: now, before, delta, and whether it got worse by more than the tolerance
+    (fell, or rose for a score where lower is better: an FPR)."""
     rows = []
+    better = higher_is_better(now)
     for m in compared_scores(now):
         value = score(now, m)
         before = score(prev, m) if prev else None
         delta = None if before is None else value - before
+        worse = None if delta is None else (-delta if better.get(m, True) else delta)
         rows.append(
             {
                 "metric": m,
                 "now": round(value, 6),
                 "previous": None if before is None else round(before, 6),
                 "delta": None if delta is None else round(delta, 6),
-                "regression": bool(delta is not None and delta < -tolerance),
+                "higher_is_better": better.get(m, True),
+                "regression": bool(worse is not None and worse > tolerance),
             }
         )
     return rows
@@ -320,7 +330,8 @@ def summary_markdown(
         "",
         compared,
         f"- what changed: {comparison['change']}",
-        f"- tolerance: {tolerance:g} (a compared score lower than the previous one by more is a regression)",
+        f"- tolerance: {tolerance:g} (a compared score worse than the previous one by more is a regression: "
+        "lower, or higher for an FPR)",
         "",
         "## This run",
         "",

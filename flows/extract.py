@@ -29,7 +29,7 @@ from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import run_flow
 from flows.runners import make_runner
 from pipeline.settings import ExtractConfig, ExtractFlowSettings
-from stages.extract import Shard, extract, extract_shard, prepare, summarize
+from stages.extract import Shard, extract, extract_negatives, extract_shard, prepare, summarize
 
 # -- the run page: names and tags from the parameters (helpers the train-head flow uses too)
 
@@ -205,6 +205,8 @@ def extract_features(**params: Any) -> dict[str, Any]:
                 task_runner=make_runner(s), flow_run_name=f"{flow_run.name}-shards"
             )(cfg, shards, f"extract-{cfg.subset}-progress")
     seconds = time.perf_counter() - t
+    for split, key in extract_negatives(cfg).items():  # --negatives: once the clap features exist
+        log.info(f"negative-audio CLAP rows {cfg.subset}/{split}: {key}")
     failures = [f for r in results for f in r["failures"]]
     for f in failures:
         log.warning(f"skipped {f['path']}: {f['error']}")

@@ -87,6 +87,7 @@ def _nightly_parameters(s: ServeSettings) -> dict[str, Any]:
         "store": s.store,
         "tolerance": s.tolerance,
         "on_regression": s.on_regression,
+        **({"robustness": True} if s.robustness else {}),  # off: the flow's default (prefect.yaml as is)
     }
 
 
@@ -97,12 +98,15 @@ def nightly_description(s: ServeSettings) -> str:
         if s.on_regression == "fail"
         else "the run ends Completed, named 'Completed with regression'"
     )
+    robust = (
+        "; with the robustness suite also FPR per negative condition, where a rise is worse" * s.robustness
+    )
     return (
         f"Runs {schedule_words(s.cron, s.timezone)}. Re-evaluates {', '.join(s.subsets)} on the {s.split} split "
         f"({s.mode}) of {s.root}, each subset with the newest best.pt trained on it under {s.checkpoints}, "
         f"one `evaluate` subflow run per subset (nightly-<subset>-...), and compares each with the previous "
         f"report of the same subset, split and mode under {s.reports}. A regression is a compared score "
-        f"(M_J, M_F, batch-free M_F) lower than the previous report's by more than {s.tolerance:g}: {end} "
+        f"(M_J, M_F, batch-free M_F{robust}) worse than the previous report's by more than {s.tolerance:g}: {end} "
         f"(artifacts nightly-<subset>-{s.split} and nightly-<subset>-{s.split}-scores say which). "
         "Run it now with no parameters: prefect deployment run evaluate/nightly."
     )

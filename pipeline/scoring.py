@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from pipeline.data.clips import Clip, DataError, read_clips
-from pipeline.data.images import load_mask
+from pipeline.data.images import load_clip_mask
 from pipeline.data.layout import Subset
 from pipeline.data.names import check_name
 from pipeline.files import inside, write_text
@@ -203,7 +203,7 @@ def write_probability(path: str | Path, prob: torch.Tensor | np.ndarray) -> None
 
 def _frame_inputs(pred_dir: Path, clip: Clip, k: int, values: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, gt) of one annotated frame; a prediction of another size than its GT is an error."""
-    gt = load_mask(clip.mask_paths[k - 1])
+    gt = load_clip_mask(clip, k)
     path = prediction_path(pred_dir, clip.id, k)
     pred = load_probability(path)
     if pred.shape != gt.shape:

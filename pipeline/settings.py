@@ -19,7 +19,7 @@ from pipeline.model.config import HeadConfig, head_config
 ENCODER_NAMES: tuple[str, ...] = ("clip", "clap", "sam2", "beit3", "gt")
 DEFAULT_STORE = "runs/store.zarr"
 Split = Literal["train", "val", "test"]
-SubsetName = Literal["s4", "ms3"]
+SubsetName = Literal["s4", "ms3", "v1s", "v1m", "v2"]  # pipeline.data.layout.Subset
 EvalMode = Literal["cached", "end-to-end"]
 OnRegression = Literal["fail", "warn"]
 RunnerKind = Literal["threads", "dask"]
@@ -33,7 +33,9 @@ class ExtractConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: Path = Field(description="AVSBench root (the folder holding Single-source/ and Multi-sources/)")
-    subset: SubsetName = Field("s4", description="AVSBench subset: s4 (single source) or ms3 (multi source)")
+    subset: SubsetName = Field(
+        "s4", description="AVSBench subset: s4 / ms3 (object release), v1s / v1m / v2 (semantic release)"
+    )
     splits: list[Split] = Field(default_factory=lambda: list(SPLITS), description="splits to extract")
     encoders: list[str] = Field(
         default_factory=lambda: list(ENCODER_NAMES),
@@ -86,6 +88,12 @@ class ExtractConfig(BaseModel):
     threads: int = Field(
         0, ge=0, description="torch threads per worker (0: leave as is); same count -> bit-identical features"
     )
+    negatives: bool = Field(
+        False,
+        description="also store CLAP's embedding of silence and of each row's white noise beside the clap "
+        "features (the cached robustness suite, `av2t evaluate --robustness`, reads them)",
+    )
+    negatives_seed: int = Field(0, description="seed of the negative rows' white noise (--negatives)")
 
 
 class ExtractPreset(BaseModel):
@@ -174,6 +182,10 @@ class TrainConfig(BaseModel):
         description="validate on a fixed, seeded subset of whole videos holding about this many rows",
     )
     compile: bool = Field(False, description="torch.compile the head's forward (static batch: drop_last)")
+    negatives_seed: int = Field(
+        0,
+        description="seed of the noise rows `av2t extract --negatives` wrote (read by heads with negatives)",
+    )
 
     def head_config(self) -> HeadConfig:
         """The effective head."""
@@ -201,6 +213,14 @@ class EvalConfig(BaseModel):
     out: Path = Field(Path("runs/eval"), description="folder for report.json, report.md, tables, overlays")
     batch_size: int = Field(8, ge=1, description="rows per forward (cached mode; end to end: one video)")
     vision_bias: bool = Field(False, description="also score with swapped and silent audio")
+    robustness: bool = Field(
+        False,
+        description="also score negative audio (silence, white noise, an off-screen video's audio): FPR per "
+        "condition and the combined score (cached mode reads the rows `av2t extract --negatives` wrote)",
+    )
+    robustness_seed: int = Field(
+        0, description="seed of the robustness suite's noise and off-screen partners"
+    )
     weights_dir: Path | None = Field(
         None, description="folder of the official checkpoints (default: $AV2T_WEIGHTS, else ./weights)"
     )
@@ -493,6 +513,12 @@ class ServeSettings(_Options):
     split: Split = _nightly("split", "test", "split the nightly scores")
     mode: EvalMode = _nightly("mode", "end-to-end", "cached or end-to-end: how the nightly scores")
     store: str | None = _nightly("store", None, "the nightly's feature store (needed with --mode cached)")
+    robustness: bool = _nightly(
+        "robustness",
+        False,
+        "the nightly also scores negative audio: an FPR rise is a regression (cached mode: the store needs "
+        "the rows of `av2t extract --negatives`)",
+    )
     tolerance: float = Field(
         EvalFlowSettings.model_fields["tolerance"].default,
         ge=0,

@@ -7,7 +7,7 @@ load it with the head-checkpoint module, which checks the frozen weights; only a
 The features the head was trained on (the checkpoint's `features` fingerprints) must be the ones used here.
 
 Outputs under `out`: report.json, report.md, the evaluators' CSV tables (frames.csv, videos.csv,
-categories.csv), overlays/ (frame | GT | prediction for the best and worst videos by M_J) and, with
+categories.csv; with robustness robustness_categories.csv and the plot robustness.png), overlays/ (frame | GT | prediction for the best and worst videos by M_J) and, with
 save_masks, masks/<name>/<name>_<k>.png holding the predicted probability as round(p * 255) (not a 0/255
 threshold: `av2t score` on them then gives the report's M_J exactly and its M_F to ~1e-4, where a hard mask
 would lose the soft scores M_F needs).
@@ -27,17 +27,21 @@ import torch
 
 from cache import FeatureStore, FingerprintMismatch, StoreError
 from cache.batches import FeatureBatches, sources, video_outputs
+from cache.negatives import read_negative_clap
 from pipeline.checkpoints import CheckpointError
 from pipeline.data.clips import DataError, read_clips
+from pipeline.data.layout import data_layout
 from pipeline.encoders.registry import get_encoder, resolve_device
 from pipeline.evaluation import VideoOutput, build_evaluators, summarize, variants_of
 from pipeline.evaluation.end_to_end import end_to_end_outputs, silence_embedding, swap_order
 from pipeline.evaluation.evaluators import REAL, SILENCE, SWAPPED
 from pipeline.evaluation.report import MaskWriter, Overlays, clips_digest, write_report
+from pipeline.evaluation.robustness import NOISE, OFFSCREEN, Robustness
 from pipeline.model import AV2TSAM
 from pipeline.model.build import build_model, encoder_widths, frozen_encoders, sam2_overrides
 from pipeline.model.head_checkpoint import HeadCheckpoint, check_features, load_head, read_head
 from pipeline.model.precision import as_fp32, autocast, resolve_precision
+from pipeline.negatives import offscreen_partners
 from pipeline.settings import EvalConfig
 
 FEATURE_ENCODERS = ("clip", "clap", "sam2", "beit3")
@@ -66,7 +70,11 @@ def check_store_features(cfg: EvalConfig, ck: HeadCheckpoint) -> None:
 
 
 def cached_outputs(
-    cfg: EvalConfig, ck: HeadCheckpoint, device: torch.device, variants: tuple[str, ...]
+    cfg: EvalConfig,
+    ck: HeadCheckpoint,
+    device: torch.device,
+    variants: tuple[str, ...],
+    partners: dict[str, str] | None = None,
 ) -> tuple[list[str], Iterator[VideoOutput], dict[str, str]]:
     """The split's videos, their outputs from the store (annotated rows, GT from it), the features' fingerprints."""
     check_store_features(cfg, ck)
@@ -91,7 +99,7 @@ def cached_outputs(
     ds = FeatureBatches(
         cfg.store, cfg.subset, cfg.split, sources([model], groups), rows=rows, batch_size=cfg.batch_size
     )
-    claps = replaced_audio(cfg, ck, groups, index, rows, device) if len(variants) > 1 else {}
+    claps = replaced_audio(cfg, ck, groups, index, rows, device, variants, partners or {})
 
     def forward(batch: dict[str, torch.Tensor], r: np.ndarray) -> dict[str, Any]:
         logits = {}
@@ -110,28 +118,55 @@ def cached_outputs(
     return index.videos(), outputs(), {n: g.fingerprint for n, g in groups.items() if n != "gt"}
 
 
-def replaced_audio(
-    cfg: EvalConfig, ck: HeadCheckpoint, groups, index, rows: np.ndarray, device: torch.device
-):
-    """Per vision-bias variant, rows -> the CLAP features fed instead (swapped: by row; silence: one)."""
-    clap_group = groups["clap"]
-    feats = clap_group.read("clap", slice(None))
-    videos = index.videos()
-    nxt = dict(zip(videos, (videos[i] for i in swap_order(len(videos))), strict=True))
+def partner_rows(index, rows: np.ndarray, partner: dict[str, str]) -> np.ndarray:
+    """Per store row (filled at `rows`), the row of the same frame of the partner video; a store without that
+    frame (S4 train) gives the partner's first row."""
     where = {(v, int(f)): r for r, (v, f) in enumerate(zip(index.video, index.frame, strict=True))}
-    swapped = np.empty(index.video.shape[0], np.int64)
+    out = np.empty(index.video.shape[0], np.int64)
     for r in rows:
         v, k = index.video[r], int(index.frame[r])
-        # Same frame of the next video; a store without that frame (S4 train) takes its first row.
-        other = where.get((nxt[v], k))
-        swapped[r] = other if other is not None else index.rows_of(nxt[v])[0]
-    clap = get_encoder("clap", ck.preset, cfg.weights_dir, str(device))
-    check_features(ck, {"clap": clap.provenance()}, f"preset {ck.preset!r} built here")
-    silence = silence_embedding(clap, clap_group.specs["clap"].dtype, device)
-    return {
-        SWAPPED: lambda r: torch.from_numpy(feats[swapped[r]]).to(device),
-        SILENCE: lambda r: silence.expand(len(r), -1),
-    }
+        other = where.get((partner[v], k))
+        out[r] = other if other is not None else index.rows_of(partner[v])[0]
+    return out
+
+
+def replaced_audio(
+    cfg: EvalConfig,
+    ck: HeadCheckpoint,
+    groups,
+    index,
+    rows: np.ndarray,
+    device: torch.device,
+    variants: tuple[str, ...],
+    partners: dict[str, str],
+):
+    """Per audio variant other than the real one, rows -> the CLAP features fed instead: by row (swapped,
+    off-screen: other videos' cached rows; noise: the rows `av2t extract --negatives` stored) or one (silence)."""
+    clap_group = groups["clap"]
+    by_row = {SWAPPED, OFFSCREEN} & set(variants)  # these read other videos' cached CLAP rows
+    feats = clap_group.read("clap", slice(None)) if by_row else None
+    videos = index.videos()
+    out = {}
+    if SWAPPED in variants:
+        nxt = dict(zip(videos, (videos[i] for i in swap_order(len(videos))), strict=True))
+        swapped = partner_rows(index, rows, nxt)
+        out[SWAPPED] = lambda r: torch.from_numpy(feats[swapped[r]]).to(device)
+    if OFFSCREEN in variants:
+        offscreen = partner_rows(index, rows, partners)
+        out[OFFSCREEN] = lambda r: torch.from_numpy(feats[offscreen[r]]).to(device)
+    if NOISE in variants:  # the stored negative rows: no CLAP forward here
+        neg = read_negative_clap(
+            cfg.store, cfg.subset, cfg.split, clap_group.fingerprint, cfg.robustness_seed
+        )
+        noise, silence = neg["noise"], torch.from_numpy(neg["silence"]).to(device)
+        out[NOISE] = lambda r: torch.from_numpy(noise[r]).to(device)
+    elif SILENCE in variants:
+        clap = get_encoder("clap", ck.preset, cfg.weights_dir, str(device))
+        check_features(ck, {"clap": clap.provenance()}, f"preset {ck.preset!r} built here")
+        silence = silence_embedding(clap, clap_group.specs["clap"].dtype, device)
+    if SILENCE in variants:
+        out[SILENCE] = lambda r: silence.expand(len(r), -1)
+    return out
 
 
 def end_to_end_model(cfg: EvalConfig, ck: HeadCheckpoint, device: torch.device) -> tuple[AV2TSAM, dict]:
@@ -168,6 +203,22 @@ def check_subset(cfg: EvalConfig, ck: HeadCheckpoint) -> list[str]:
     return [msg]
 
 
+def robustness_partners(cfg: EvalConfig, clips, evaluators) -> dict[str, str]:
+    """With the robustness suite: the off-screen partner of every clip for cfg's seed, handed to its evaluator
+    (which records them); else none."""
+    suites = [e for e in evaluators if isinstance(e, Robustness)]
+    if not suites:
+        return {}
+    if len(clips) < 2:
+        raise DataError(
+            f"{cfg.root}: {cfg.subset}/{cfg.split} has one clip: off-screen audio needs two or more"
+        )
+    partners = offscreen_partners([(c.id, c.category) for c in clips], cfg.robustness_seed)
+    for e in suites:
+        e.seed, e.partners = cfg.robustness_seed, partners
+    return partners
+
+
 def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Score the checkpoint's head on the split; write the report files under cfg.out; return the report.
 
@@ -181,14 +232,16 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
     ck = read_head(cfg.checkpoint)
     warnings = check_subset(cfg, ck)
     device = resolve_device(cfg.device)
-    evaluators = build_evaluators(extra=("vision_bias",) if cfg.vision_bias else ())
+    extra = ("vision_bias",) * cfg.vision_bias + ("robustness",) * cfg.robustness
+    evaluators = build_evaluators(extra=extra)
     variants = variants_of(evaluators)
     clips = read_clips(cfg.root, cfg.subset, cfg.split)
     if not clips:
         raise DataError(f"{cfg.root}: no {cfg.subset} clips in split {cfg.split!r}")
+    partners = robustness_partners(cfg, clips, evaluators)
     store_features = None
     if cfg.mode == "cached":
-        videos, outputs, store_features = cached_outputs(cfg, ck, device, variants)
+        videos, outputs, store_features = cached_outputs(cfg, ck, device, variants, partners)
         if videos != [c.id for c in clips]:
             raise StoreError(
                 f"{cfg.store}: {cfg.subset}/{cfg.split} holds {len(videos)} videos that are not the "
@@ -196,7 +249,8 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
             )
     else:
         model, encs = end_to_end_model(cfg, ck, device)
-        videos, outputs = [c.id for c in clips], end_to_end_outputs(model, encs, clips, variants, device)
+        videos = [c.id for c in clips]
+        outputs = end_to_end_outputs(model, encs, clips, variants, device, partners, cfg.robustness_seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     overlays = Overlays(cfg.overlays)
@@ -226,7 +280,13 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
             "frozen": ck.data["frozen"],
             "features": ck.features,
         },
-        "data": {"root": str(cfg.root), "clips_digest": clips_digest(videos)},
+        "data": {
+            "root": str(cfg.root),
+            # avsbench-object (s4, ms3) or avsbench-semantic (v1s, v1m, v2)
+            "layout": data_layout(cfg.subset),
+            "subset": cfg.subset,
+            "clips_digest": clips_digest(videos),
+        },
         "store_features": store_features,
         "warnings": warnings,
         "store": cfg.store if cfg.mode == "cached" else None,

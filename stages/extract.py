@@ -16,13 +16,15 @@ import numpy as np
 import torch
 
 from cache import ArraySpec, EncoderGroup, FeatureStore, SplitGroup, SplitIndex, StoreError, fingerprint
+from cache.negatives import has_negative_clap, write_negative_clap
 from cache.quant import nonfinite_rows, storage_specs, to_storage
 from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
-from pipeline.data.images import load_frame, load_mask
+from pipeline.data.images import load_clip_mask, load_frame
 from pipeline.data.layout import FRAME_SIZE
 from pipeline.encoders.base import Encoder
 from pipeline.encoders.registry import get_encoder, resolve_device
+from pipeline.evaluation.negative_audio import noise_segments, segment_samples, silence_segments
 from pipeline.model.precision import autocast, resolve_precision
 from pipeline.provenance import with_precision
 from pipeline.settings import ExtractConfig, encoder_batch_size
@@ -134,10 +136,11 @@ class InputCache:
         return cls(**enc.audio_loading())
 
     def segments(self, clip: Clip) -> np.ndarray:
-        """(5, samples) segments of a clip's audio: (5, rate) mono, or longer with stereo="flatten"."""
+        """(frames, samples) one-second segments of a clip's audio: (frames, rate) mono, or longer with
+        stereo="flatten" (5 frames, or 10 for the semantic release's v2)."""
         if clip.id not in self.audio:
             self.audio[clip.id] = load_segments(
-                clip.audio_path, self.rate, stereo=self.stereo, resampler=self.resampler
+                clip.audio_path, self.rate, len(clip.frames), stereo=self.stereo, resampler=self.resampler
             )
         return self.audio[clip.id]
 
@@ -162,7 +165,7 @@ def _load_one(enc: Encoder, clip: Clip, k: int, cache: InputCache) -> np.ndarray
         if enc.input == "audio":
             return cache.segments(clip)[k - 1]
         path = clip.mask_paths[k - 1]
-        return load_mask(path) if path is not None else np.zeros(FRAME_SIZE[::-1], bool)
+        return load_clip_mask(clip, k) if path is not None else np.zeros(FRAME_SIZE[::-1], bool)
     except DataError as e:
         return e
 
@@ -494,6 +497,48 @@ def summarize(cfg: ExtractConfig) -> dict[str, Any]:
     return out
 
 
+def extract_negatives(cfg: ExtractConfig) -> dict[str, str]:
+    """With cfg.negatives, per split: CLAP's embedding of silence and of every row's white noise, beside the
+    split's clap features (cache.negatives); rows already stored for this CLAP and seed are kept.
+
+    A pass after the clap features exist: the CLAP encoder on `silence_segment` / `noise_segment` segments of
+    its own length, batched, cast and checked as extraction casts its features. split -> negatives key.
+    """
+    if not cfg.negatives:
+        return {}
+    enc = cfg_encoder(cfg, "clap")
+    precision, size = compute_precision(cfg), encoder_batch_size(cfg, "clap")
+    store, out = FeatureStore(cfg.store), {}
+    for split in cfg.splits:
+        group = store.split(cfg.subset, split)
+        fp = fingerprint(with_precision(enc.provenance(), precision))
+        try:
+            eg = group.encoder("clap", fp)
+        except StoreError as e:
+            raise StoreError(f"{e}; --negatives needs the clap features: add clap to --encoders") from e
+        if has_negative_clap(cfg.store, cfg.subset, split, fp, cfg.negatives_seed):
+            out[split] = "kept"
+            continue
+        spec = {"clap": eg.specs["clap"]}
+        n, index, seed = segment_samples(enc), group.index, cfg.negatives_seed
+
+        def embed(segments: np.ndarray, eg=eg, spec=spec) -> np.ndarray:
+            stored, bad = encode_on_device(enc, enc.host_input(segments), spec, precision)
+            if bool(bad.any()):
+                raise StoreError(f"{eg.key}: non-finite CLAP embedding of negative audio")
+            return stored["clap"].cpu().numpy()
+
+        with torch_threads(cfg.threads):  # noise made batch by batch: a whole split at once is 100s of MB
+            silence = embed(silence_segments(n))
+            batches = [slice(i, i + size) for i in range(0, group.n_rows, size)]
+            noise = [embed(noise_segments(n, seed, index.video[b], index.frame[b])) for b in batches]
+        embs = (silence, np.concatenate(noise) if noise else np.zeros((0, *spec["clap"].shape)))
+        out[split] = write_negative_clap(
+            cfg.store, cfg.subset, split, fp, cfg.negatives_seed, *embs, spec["clap"].dtype
+        )
+    return out
+
+
 def extract(cfg: ExtractConfig, progress: bool = True, timings: Timings | None = None) -> dict[str, Any]:
     """Run every pending shard in this process (the flow fans the same shards out as tasks)."""
     from tqdm import tqdm
@@ -510,6 +555,7 @@ def extract(cfg: ExtractConfig, progress: bool = True, timings: Timings | None =
             results += Extraction(cfg, [s for s in shards if s.encoders == names], timings).run(bar.update)
     if timings is not None:
         timings.seconds["prepare"] = prepared
+    negatives = extract_negatives(cfg)
     failures = [f for r in results for f in r["failures"]]
     computed = sum(n for r in results for n in r["computed"])
-    return {"shards": len(shards), "computed": computed, "failures": failures}
+    return {"shards": len(shards), "computed": computed, "failures": failures, "negatives": negatives}

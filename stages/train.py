@@ -17,6 +17,7 @@ import torch
 from cache import EncoderGroup, FeatureStore, StoreError
 from cache.batches import FeatureBatches, Source, sources, to_device, video_outputs
 from cache.feed import TrainReader, open_reader
+from cache.negative_batches import NegativeMixer, negative_bank
 from pipeline.encoders.registry import resolve_device
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
 from pipeline.files import save_torch, write_atomic, write_text
@@ -24,6 +25,7 @@ from pipeline.model import AV2TSAM, HeadConfig, head_config, segmentation_loss
 from pipeline.model.build import build_model, frozen_encoders, sam2_overrides
 from pipeline.model.head_checkpoint import head_payload, save_head
 from pipeline.model.precision import as_fp32, autocast, resolve_precision
+from pipeline.negatives import offscreen_fits
 from pipeline.settings import OptimConfig, TrainConfig
 
 FEATURES = ("clip", "clap", "sam2", "beit3", "gt")
@@ -153,6 +155,7 @@ class HeadRun:
     seconds: float = 0.0
     precision: str = "fp32"  # resolved: "fp32" or "bf16"
     forward: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None  # compiled, if asked
+    negatives: NegativeMixer | None = None  # turns a share of each batch's rows into negatives
 
 
 def make_run(
@@ -191,6 +194,29 @@ def train_step(run: HeadRun, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     run.sched.step()
     run.seconds += time.perf_counter() - t
     return loss.detach()
+
+
+def negative_mixers(runs: list[HeadRun], cfg: TrainConfig, feats: Features, device: torch.device) -> None:
+    """Give each head with negatives > 0 its mixer; one bank of negative CLAP rows serves them all.
+
+    Silence / noise rows missing from the store fail here, before any step, naming `av2t extract --negatives`.
+    """
+    wanted = [r for r in runs if r.head.negatives > 0]
+    if not wanted:
+        return
+    conditions = {c for r in wanted for c in r.head.negative_weights()}
+    bank = negative_bank(
+        cfg.store,
+        cfg.subset,
+        cfg.train_split,
+        feats.groups["clap"],
+        conditions,
+        device,
+        offscreen_fits,
+        cfg.negatives_seed,
+    )
+    for r in wanted:
+        r.negatives = NegativeMixer(r.head.negatives, r.head.negative_weights(), bank, cfg.seed)
 
 
 def epoch_loss(
@@ -311,6 +337,14 @@ def save_checkpoints(
     save_torch(last, out / "last.pt")
 
 
+def held_head(fields: Any) -> Any:
+    """A checkpoint's head fields as this version dumps them (a field added since takes its default)."""
+    try:
+        return HeadConfig.model_validate(fields).model_dump(mode="json")
+    except ValueError:  # not a head of this version: compared as held, so it differs
+        return fields
+
+
 def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
     """Restore a run from out/last.pt; returns the first epoch still to train (0 when starting fresh)."""
     path = out / "last.pt"
@@ -335,7 +369,7 @@ def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
         gone = ", ".join(missing[:4]) + (", ..." if len(missing or ()) > 4 else "") if missing else ""
         what = f"a {type(ck).__name__}" if missing is None else f"a checkpoint without {gone}"
         raise CheckpointError(f"{path}: not a last.pt of the train stage ({what}: a best.pt?); {fix}")
-    if ck["head"] != run.head.model_dump(mode="json"):
+    if held_head(ck["head"]) != run.head.model_dump(mode="json"):
         raise StoreError(f"{path}: was trained with another head config; {fix}")
     if ck["optim"] != optim.model_dump():
         raise StoreError(
@@ -421,6 +455,7 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
         )
         runs.append(make_run(name, head, model, optim, steps, precision, cfg.compile))
     outs = {r.name: (cfg.out if len(runs) == 1 else cfg.out / r.name) for r in runs}
+    negative_mixers(runs, cfg, train_feats, device)
     start = min(try_resume(r, outs[r.name], optim) if cfg.resume else 0 for r in runs)
     models = [r.model for r in runs]
     train_ds = open_batches(
@@ -452,7 +487,9 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
             bad[step] = row_nonfinite(batch)
             step_rows[step] = raw["row"].numpy()
             for i in todo:
-                losses[i].append(train_step(runs[i], batch))
+                mix = runs[i].negatives
+                mine = batch if mix is None else mix.apply(batch, step_rows[step], epoch, step)
+                losses[i].append(train_step(runs[i], mine))
             bar.update()
         bar.close()
         train_loss = {
@@ -504,6 +541,7 @@ def comparison(runs: list[HeadRun], outs: dict[str, Path]) -> pd.DataFrame:
                 "head": r.name,
                 "fusion": r.head.fusion,
                 "adapters": r.head.adapters,
+                "negatives": r.head.negatives,
                 "params": sum(p.numel() for p in r.model.parameters() if p.requires_grad),
                 "best_epoch": best.get("epoch"),
                 "val_M_J": best.get("val_M_J"),

@@ -1,10 +1,13 @@
-"""Validate an AVSBench v1 tree (`av2t data check`): count what is there, collect every problem."""
+"""Validate an AVSBench tree (`av2t data check`): count what is there, collect every problem.
+
+The object release (s4, ms3) is checked here; the semantic release (v1s, v1m, v2) by
+pipeline.data.semantic_check, which check_tree hands it to."""
 
 from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -219,17 +222,23 @@ def _unique_clips(root: Path, subset: Subset, rows: Iterable[MetaRow]) -> list[C
     return clips
 
 
-def _run(clips: list[Clip], workers: int, progress: bool) -> Iterator[_ClipResult]:
+def _run(
+    clips: list[Clip], workers: int, progress: bool, check: Callable[[Clip], _ClipResult] = _check_clip
+) -> Iterator[_ClipResult]:
     """Check clips in a thread pool (PIL and libsndfile release the GIL while decoding)."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(_check_clip, clips)
+        results = pool.map(check, clips)
         yield from tqdm(results, total=len(clips), disable=not progress, file=sys.stderr, unit="video")
 
 
 def check_tree(root: str | Path, subset: Subset, workers: int = 8, progress: bool = False) -> CheckReport:
-    """Validate one subset of an AVSBench v1 tree; never stops at the first problem."""
+    """Validate one subset of an AVSBench tree (either release); never stops at the first problem."""
     if subset not in SUBSETS:
         raise DataError(f"unknown subset {subset!r}; expected one of {SUBSETS}")
+    if layout.data_layout(subset) == "avsbench-semantic":
+        from pipeline.data.semantic_check import check_semantic_tree  # it builds on this module
+
+        return check_semantic_tree(root, subset, workers, progress)
     # absolute() (not resolve()) so reported paths are full but keep the user's symlinks.
     root = Path(root).expanduser().absolute()
     csv = layout.meta_csv(root, subset)

@@ -1,14 +1,18 @@
-"""Read AVSBench v1 clips from the metadata CSV, following the official loaders' path rules."""
+"""Read AVSBench clips from the metadata CSV, following the official loaders' path rules (the semantic
+release's rules are in pipeline.data.semantic; read_clips serves both)."""
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pipeline.data import layout
-from pipeline.data.layout import SPLITS, SUBSETS, Subset
+from pipeline.data.layout import SPLITS, Subset
 from pipeline.data.names import name_problem
+
+MaskKind = Literal["binary", "colour"]
 
 
 class DataError(ValueError):
@@ -17,7 +21,12 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Clip:
-    """One AVSBench video: five frames, one WAV, masks for the annotated frames."""
+    """One AVSBench video: its frames, one WAV, masks for the annotated frames.
+
+    mask_kind says how its masks are read (pipeline.data.images.load_clip_mask): "binary" masks of the object
+    release (foreground = value > 0), or "colour" masks of the semantic release (foreground = colour differs
+    from mask_background, the palette colour of label2idx.json's "background").
+    """
 
     id: str
     subset: Subset
@@ -27,6 +36,8 @@ class Clip:
     audio_path: Path
     mask_paths: tuple[Path | None, ...]  # one per frame; None where the frame is not annotated
     annotated: tuple[int, ...]  # 1-based frame numbers with a GT mask
+    mask_kind: MaskKind = "binary"
+    mask_background: tuple[int, int, int] | None = None  # RGB; colour masks only
 
     @property
     def frames(self) -> tuple[int, ...]:
@@ -46,8 +57,8 @@ class MetaRow:
 
 def read_meta(root: Path, subset: Subset) -> list[MetaRow]:
     """Parse the subset's metadata CSV (name column 0, category column 2 for S4, the 'split' column)."""
-    if subset not in SUBSETS:
-        raise DataError(f"unknown subset {subset!r}; expected one of {SUBSETS}")
+    if subset not in layout.OBJECT_SUBSETS:
+        raise DataError(f"unknown subset {subset!r}; expected one of {layout.OBJECT_SUBSETS}")
     path = layout.meta_csv(root, subset)
     if not path.is_file():
         raise DataError(
@@ -144,6 +155,10 @@ def read_clips(root: str | Path, subset: Subset, split: str) -> list[Clip]:
     root = Path(root)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if subset in layout.SEMANTIC_SUBSETS:
+        from pipeline.data import semantic  # it builds on this module
+
+        return semantic.read_clips(root, subset, split)
     rows = read_meta(root, subset)
     problems = csv_problems(rows)
     if len(problems) == 1:

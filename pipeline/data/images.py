@@ -1,4 +1,4 @@
-"""Frame and mask reading: fully decoded PNGs, with errors that name the file."""
+"""Frame and mask reading: fully decoded images, with errors that name the file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageFile
 
-from pipeline.data.clips import DataError
+from pipeline.data.clips import Clip, DataError
 
 T = TypeVar("T")
 
@@ -45,7 +45,8 @@ def _open(path: str | Path, read: Callable[[Image.Image], T]) -> T:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL reports bad data as OSError (incl. UnidentifiedImageError), SyntaxError (broken PNG
         # chunks) or ValueError (bad header fields).
-        raise DataError(f"{path}: unreadable or truncated PNG: {e}") from e
+        kind = "PNG" if p.suffix.lower() == ".png" else "image"
+        raise DataError(f"{path}: unreadable or truncated {kind}: {e}") from e
 
 
 def _decode(path: str | Path, mode: str) -> np.ndarray:
@@ -155,3 +156,36 @@ def read_mask(path: str | Path) -> MaskRead:
 def load_mask(path: str | Path) -> np.ndarray:
     """A ground-truth mask as bool (H, W): foreground is a non-zero value (see the rules above)."""
     return read_mask(path).mask
+
+
+# ---------------------------------------------------------------- colour masks (AVSBench-semantic)
+#
+# One palette colour per class; foreground is every pixel whose RGB colour differs from the background
+# class's colour (taken from label2idx.json by the caller, never assumed black). Alpha, if any, is dropped.
+
+
+def load_mask_colours(path: str | Path) -> np.ndarray:
+    """A colour mask as uint8 (H, W, 3) RGB."""
+    return _decode(path, "RGB")
+
+
+def colour_foreground(rgb: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """Bool (H, W): pixels whose colour is not the background colour."""
+    return (rgb != np.asarray(background, dtype=rgb.dtype)).any(axis=-1)
+
+
+def load_colour_mask(path: str | Path, background: tuple[int, int, int]) -> np.ndarray:
+    """A colour mask as bool (H, W): foreground is every colour but `background`."""
+    return colour_foreground(load_mask_colours(path), background)
+
+
+def load_clip_mask(clip: Clip, k: int) -> np.ndarray:
+    """The GT mask of a clip's annotated frame k (1-based) as bool (H, W), read by the clip's mask kind."""
+    path = clip.mask_paths[k - 1]
+    if path is None:
+        raise DataError(f"{clip.frame_paths[k - 1]}: frame {k} of {clip.id} has no GT mask")
+    if clip.mask_kind == "colour":
+        if clip.mask_background is None:
+            raise ValueError(f"clip {clip.id}: colour masks need mask_background")
+        return load_colour_mask(path, clip.mask_background)
+    return load_mask(path)

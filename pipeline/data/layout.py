@@ -1,14 +1,23 @@
-"""Path rules of the official AVSBench v1 tree (Single-source = S4, Multi-sources = MS3)."""
+"""Path rules of the official AVSBench-object tree (Single-source = S4, Multi-sources = MS3), and which
+subsets live in which release (the AVSBench-semantic release's path rules are in pipeline.data.semantic)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-Subset = Literal["s4", "ms3"]
-SUBSETS: tuple[Subset, ...] = ("s4", "ms3")
+Subset = Literal["s4", "ms3", "v1s", "v1m", "v2"]
+SUBSETS: tuple[Subset, ...] = ("s4", "ms3", "v1s", "v1m", "v2")
+# s4/ms3 are read from the AVSBench-object tree; v1s/v1m/v2 (v1s = the S4 videos, v1m = the MS3 videos,
+# v2 = new 10-second videos) from the AVSBench-semantic tree, as binary masks.
+OBJECT_SUBSETS: tuple[Subset, ...] = ("s4", "ms3")
+SEMANTIC_SUBSETS: tuple[Subset, ...] = ("v1s", "v1m", "v2")
+DataLayout = Literal["avsbench-object", "avsbench-semantic"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-FRAMES_PER_VIDEO = 5
+FRAMES_PER_VIDEO = 5  # AVSBench-object and the semantic release's v1s / v1m
+SUBSET_FRAMES: dict[str, int] = {"s4": 5, "ms3": 5, "v1s": 5, "v1m": 5, "v2": 10}
+# Subsets with one annotated frame per training video (the first); all others annotate every frame.
+FIRST_FRAME_TRAIN: tuple[Subset, ...] = ("s4", "v1s")
 FRAME_SIZE = (224, 224)  # (width, height) of the official frames and masks
 WAV_RATE = 16_000
 
@@ -17,13 +26,29 @@ WAV_RATE = 16_000
 CSV_HEADER = {"s4": ["name", "start", "category", "split"], "ms3": ["video_id", "split"]}
 
 
+def data_layout(subset: Subset) -> DataLayout:
+    """Which release a subset is read from: 'avsbench-object' (s4, ms3) or 'avsbench-semantic' (v1s, v1m, v2)."""
+    if subset in OBJECT_SUBSETS:
+        return "avsbench-object"
+    if subset in SEMANTIC_SUBSETS:
+        return "avsbench-semantic"
+    raise ValueError(f"unknown subset {subset!r}; expected one of {SUBSETS}")
+
+
+def frames_per_video(subset: Subset) -> int:
+    """Frames (and one-second audio segments) of every video of a subset: 10 for v2, else 5."""
+    return SUBSET_FRAMES[subset]
+
+
 def subset_dir(root: Path, subset: Subset) -> Path:
     """The subset's top folder under the AVSBench root."""
     return Path(root) / ("Single-source" if subset == "s4" else "Multi-sources")
 
 
 def meta_csv(root: Path, subset: Subset) -> Path:
-    """The subset's metadata CSV."""
+    """The subset's metadata CSV (the semantic release has one for all its subsets, at its root)."""
+    if data_layout(subset) == "avsbench-semantic":
+        return Path(root) / "metadata.csv"
     return subset_dir(root, subset) / f"{subset}_meta_data.csv"
 
 
@@ -62,7 +87,7 @@ def mask_path(root: Path, subset: Subset, split: str, name: str, category: str |
 
 
 def annotated_frames(subset: Subset, split: str) -> tuple[int, ...]:
-    """Frames with a GT mask: S4 train annotates only frame 1; everything else all five."""
-    if subset == "s4" and split == "train":
+    """Frames with a GT mask: S4 / v1s train annotate only frame 1; everything else every frame."""
+    if subset in FIRST_FRAME_TRAIN and split == "train":
         return (1,)
-    return tuple(range(1, FRAMES_PER_VIDEO + 1))
+    return tuple(range(1, frames_per_video(subset) + 1))

@@ -1,8 +1,10 @@
-"""Synthetic AVSBench v1 trees: coloured shapes on textured frames, whose sounds decide the masks.
+"""Synthetic AVSBench trees: coloured shapes on textured frames, whose sounds decide the masks.
 
-Every path comes from `layout`, so `read_clips` reads the tree back exactly like the official one. The
-truth (classes, which objects sound in which frame) goes to `<out>/synth_manifest.json`, the only
-file written outside the official layout.
+Every path comes from `layout` (object release: s4, ms3) or `semantic` (semantic release: v1s, v1m, v2), so
+`read_clips` reads the tree back exactly like the official one. v1s / v1m hold the same content as s4 / ms3
+for the same seed (frames as JPEG, masks in palette colours, one per class), so the two layouts can be
+compared; v2 is ms3-like content over ten frames. The truth (classes, which objects sound in which frame)
+goes to `<out>/synth_manifest.json`, the only file written outside the official layout.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import soundfile as sf
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.data import layout
+from pipeline.data import layout, semantic
 from pipeline.data.layout import FRAMES_PER_VIDEO, SPLITS, WAV_RATE, Subset
 
 MANIFEST = "synth_manifest.json"
@@ -30,7 +32,10 @@ Sound = Literal["tone", "harmonic", "am", "noise"]
 # YouTube ids: 11 characters of the URL-safe base64 alphabet.
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 ID_LENGTH = 11
-_SUBSET_STREAM = {"s4": 4, "ms3": 3}  # keeps the two subsets' random streams apart for one seed
+# Keeps the subsets' random streams apart for one seed; v1s / v1m share s4's / ms3's, so their content is equal.
+_SUBSET_STREAM = {"s4": 4, "ms3": 3, "v1s": 4, "v1m": 3, "v2": 2}
+SINGLE_SOURCE: tuple[Subset, ...] = ("s4", "v1s")  # one sounding object per video; the others are MS3-like
+JPEG_QUALITY = 95  # semantic-release frames
 
 
 class ClassSpec(BaseModel):
@@ -184,7 +189,7 @@ def _ms3_sounding(rng: np.random.Generator, n_obj: int, spec: SynthSpec) -> tupl
 def plan_videos(subset: Subset, videos: int, seed: int, spec: SynthSpec) -> list[VideoPlan]:
     """Names, splits, classes, sounding sets and edge cases of every video."""
     rng = np.random.default_rng([seed, _SUBSET_STREAM[subset]])
-    n_cls = len(spec.classes)
+    n_cls, n_frames = len(spec.classes), layout.frames_per_video(subset)
     # S4 categories round-robin, then shuffled: every class appears once videos >= len(classes).
     s4_cats = rng.permutation(np.arange(videos) % n_cls)
     plans, taken, index = [], set(), 0
@@ -192,14 +197,14 @@ def plan_videos(subset: Subset, videos: int, seed: int, spec: SynthSpec) -> list
         for pos in range(count):
             name = _video_id(rng, _edge("dash", split, pos, count), taken)
             taken.add(name)
-            seconds = spec.short_seconds if _edge("short", split, pos, count) else float(FRAMES_PER_VIDEO)
-            if subset == "s4":
+            seconds = spec.short_seconds if _edge("short", split, pos, count) else float(n_frames)
+            if subset in SINGLE_SOURCE:
                 objects: tuple[int, ...] = (int(s4_cats[index]),)
-                sounding = [(0,)] * FRAMES_PER_VIDEO
+                sounding = [(0,)] * n_frames
             else:
                 n_obj = int(rng.integers(spec.ms3_objects[0], spec.ms3_objects[1] + 1))
                 objects = tuple(int(i) for i in rng.choice(n_cls, size=n_obj, replace=False))
-                sounding = [_ms3_sounding(rng, n_obj, spec) for _ in range(FRAMES_PER_VIDEO)]
+                sounding = [_ms3_sounding(rng, n_obj, spec) for _ in range(n_frames)]
             # Frame k goes with second k-1..k: nothing sounds once the audio has ended.
             sounding = [s if k < seconds else () for k, s in enumerate(sounding)]
             stereo = _edge("stereo", split, pos, count)
@@ -233,10 +238,10 @@ def shape_mask(shape: Shape, cx: float, cy: float, size: float, yy: np.ndarray, 
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _place(rng: np.random.Generator, sizes: np.ndarray, spec: SynthSpec) -> list[np.ndarray]:
+def _place(rng: np.random.Generator, sizes: np.ndarray, spec: SynthSpec, n_frames: int) -> list[np.ndarray]:
     """Start centres, kept apart where possible so objects rarely hide one another."""
     w, h = layout.FRAME_SIZE
-    drift = spec.max_step * (FRAMES_PER_VIDEO - 1) / 2
+    drift = spec.max_step * (n_frames - 1) / 2
     centres: list[np.ndarray] = []
     for size in sizes:
         margin = size / 2 + drift + 1  # the whole path stays inside the frame
@@ -262,28 +267,38 @@ def render_video(
     rng: np.random.Generator, plan: VideoPlan, spec: SynthSpec
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Frames (HxWx3 uint8) and masks (HxW uint8, 0/255) of one video."""
+    frames, labels = render_video_labels(rng, plan, spec)
+    return frames, [np.where(lab >= 0, 255, 0).astype(np.uint8) for lab in labels]
+
+
+def render_video_labels(
+    rng: np.random.Generator, plan: VideoPlan, spec: SynthSpec
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Frames (HxWx3 uint8) and per-pixel class of the sounding objects (HxW int16, -1 elsewhere)."""
     w, h = layout.FRAME_SIZE
+    n_frames = len(plan.sounding)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     lo, hi = spec.background
     sizes = rng.integers(spec.object_size[0], spec.object_size[1] + 1, size=len(plan.objects))
-    centres = _place(rng, sizes, spec)
+    centres = _place(rng, sizes, spec, n_frames)
     steps = rng.uniform(-spec.max_step, spec.max_step, size=(len(plan.objects), 2))
     order = np.argsort(-sizes, kind="stable")  # large objects behind small ones
     background = _background(rng, spec)
-    frames, masks = [], []
-    for k in range(FRAMES_PER_VIDEO):
+    frames, labels = [], []
+    for k in range(n_frames):
         grain = rng.standard_normal(size=background.shape, dtype=np.float32) * np.float32(spec.grain)
         img = np.clip(background + grain, lo, hi).round().astype(np.uint8)
         owner = np.full((h, w), -1, dtype=np.int16)  # which object is visible at each pixel
         for j in order:
-            cx, cy = centres[j] + steps[j] * (k - (FRAMES_PER_VIDEO - 1) / 2)
+            cx, cy = centres[j] + steps[j] * (k - (n_frames - 1) / 2)
             cls = spec.classes[plan.objects[j]]
             px = shape_mask(cls.shape, cx, cy, float(sizes[j]), yy, xx)
             img[px] = cls.color
             owner[px] = j
         frames.append(img)
-        masks.append(np.where(np.isin(owner, plan.sounding[k]), 255, 0).astype(np.uint8))
-    return frames, masks
+        classes = np.array([*plan.objects, -1], dtype=np.int16)  # owner -1 -> index -1 -> class -1
+        labels.append(np.where(np.isin(owner, plan.sounding[k]), classes[owner], -1).astype(np.int16))
+    return frames, labels
 
 
 # ---------------------------------------------------------------- samples
@@ -322,7 +337,7 @@ def _gate(on: list[bool], n: int, rate: int, fade: int) -> np.ndarray:
 def synth_audio(rng: np.random.Generator, plan: VideoPlan, spec: SynthSpec) -> np.ndarray:
     """The video's WAV samples, (samples,) or (samples, 2): the sum of the sounding objects plus noise."""
     rate = WAV_RATE
-    full = FRAMES_PER_VIDEO * rate
+    full = len(plan.sounding) * rate
     n = int(round(plan.seconds * rate))
     fade = max(1, int(round(spec.fade_s * rate)))
     mix = np.zeros(full)
@@ -425,10 +440,98 @@ def _clear_subset(root: Path, subset: Subset) -> None:
         shutil.rmtree(data)  # stale videos of an earlier seed would otherwise linger
 
 
+# ---------------------------------------------------------------- the semantic release's layout
+
+
+def label_table(spec: SynthSpec) -> dict[str, int]:
+    """label2idx.json of a synthetic tree: background 0 (black), then the classes in order."""
+    return {semantic.BACKGROUND: 0, **{c.name: i + 1 for i, c in enumerate(spec.classes)}}
+
+
+def semantic_uid(plan: VideoPlan) -> str:
+    """The release's folder name: the video id, then start and end in ms."""
+    return f"{plan.name}_0_{len(plan.sounding) * 1000}"
+
+
+def _write_semantic_video(
+    root: Path, subset: Subset, plan: VideoPlan, seed: int, spec: SynthSpec, table: dict[str, int]
+) -> None:
+    """JPEG frames, colour masks of the annotated frames (palette colour per class) and audio.wav."""
+    rng = np.random.default_rng([seed, _SUBSET_STREAM[subset], plan.index])
+    uid = semantic_uid(plan)
+    frames, labels = render_video_labels(rng, plan, spec)
+    colours = semantic.palette()
+    lut = colours[[table[c.name] for c in spec.classes]]  # class index -> RGB
+    background = colours[table[semantic.BACKGROUND]]
+    annotated = layout.annotated_frames(subset, plan.split)
+    for k in range(1, len(frames) + 1):
+        path = semantic.frame_path(root, subset, uid, k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frames[k - 1]).save(path, format="JPEG", quality=JPEG_QUALITY)
+        if k in annotated:
+            lab = labels[k - 1]
+            _png(
+                semantic.mask_path(root, subset, uid, k), np.where(lab[..., None] >= 0, lut[lab], background)
+            )
+    wav = semantic.audio_path(root, subset, uid)
+    sf.write(str(wav), synth_audio(rng, plan, spec), WAV_RATE, subtype="PCM_16", format="WAV")
+
+
+def _semantic_rows(root: Path) -> list[list[str]]:
+    """Data rows of an existing metadata.csv (in its columns' order), [] when there is none."""
+    path = semantic.meta_csv(root)
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or [h.strip() for h in rows[0]] != list(semantic.META_COLUMNS):
+        raise FileExistsError(
+            f"{path}: exists with other columns than {semantic.META_COLUMNS}; refusing to edit"
+        )
+    return [r for r in rows[1:] if any(c.strip() for c in r)]
+
+
+def _write_semantic_meta(root: Path, subset: Subset, plans: list[VideoPlan], spec: SynthSpec) -> None:
+    """metadata.csv: the other subsets' rows kept, this subset's replaced."""
+    label = semantic.META_COLUMNS.index("label")
+    rows = [r for r in _semantic_rows(root) if r[label] != subset]
+    for p in plans:
+        a_obj = spec.classes[p.objects[0]].name
+        rows.append([p.name, semantic_uid(p), "0", "0", a_obj, p.split, subset])
+    with semantic.meta_csv(root).open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(semantic.META_COLUMNS)
+        w.writerows(rows)
+
+
+def _clear_semantic_subset(root: Path, subset: Subset) -> None:
+    """Remove a previous synthetic copy of this subset; refuse to touch a release we did not write."""
+    label = semantic.META_COLUMNS.index("label")
+    folder = root / subset
+    ours = subset in read_manifest(root)
+    if not ours and (folder.exists() or any(r[label] == subset for r in _semantic_rows(root))):
+        raise FileExistsError(f"{folder}: exists and is not a synthetic {subset} tree; refusing to overwrite")
+    labels = semantic.label2idx_path(root)
+    if labels.exists() and not any(s in read_manifest(root) for s in layout.SEMANTIC_SUBSETS):
+        raise FileExistsError(f"{labels}: exists and was not written by av2t synth; refusing to overwrite")
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def _write_semantic(root: Path, subset: Subset, plans: list[VideoPlan], seed: int, spec: SynthSpec) -> None:
+    """The subset in the semantic release's layout, with label2idx.json."""
+    _clear_semantic_subset(root, subset)
+    table = label_table(spec)
+    semantic.label2idx_path(root).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    for plan in plans:
+        _write_semantic_video(root, subset, plan, seed, spec, table)
+    _write_semantic_meta(root, subset, plans, spec)
+
+
 def write_synthetic(
     out: str | Path, subset: Subset, videos: int = 24, seed: int = 0, spec: SynthSpec | None = None
 ) -> dict[str, int]:
-    """Write a synthetic AVSBench tree; returns videos per split."""
+    """Write a synthetic AVSBench tree, in the layout of the subset's release; returns videos per split."""
     if subset not in _SUBSET_STREAM:
         raise ValueError(f"unknown subset {subset!r}; expected one of {layout.SUBSETS}")
     if seed < 0:  # numpy's SeedSequence takes non-negative entropy only
@@ -437,9 +540,12 @@ def write_synthetic(
     root = Path(out)
     plans = plan_videos(subset, videos, seed, spec)  # validates `videos` before anything is touched
     root.mkdir(parents=True, exist_ok=True)
-    _clear_subset(root, subset)
-    for plan in plans:
-        _write_video(root, subset, plan, seed, spec)
-    _write_csv(root, subset, plans, spec)
+    if layout.data_layout(subset) == "avsbench-semantic":
+        _write_semantic(root, subset, plans, seed, spec)
+    else:
+        _clear_subset(root, subset)
+        for plan in plans:
+            _write_video(root, subset, plan, seed, spec)
+        _write_csv(root, subset, plans, spec)
     _write_manifest(root, subset, _manifest_entry(plans, seed, spec))
     return split_counts(videos, spec)

@@ -12,10 +12,12 @@ from pipeline.evaluation.evaluators import (
     summarize,
     variants_of,
 )
+from pipeline.evaluation.robustness import Robustness  # registers the robustness suite
 
 __all__ = [
     "DEFAULT_EVALUATORS",
     "EVALUATORS",
+    "Robustness",
     "Evaluation",
     "Evaluator",
     "ScoreRow",

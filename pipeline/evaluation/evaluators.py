@@ -33,16 +33,19 @@ class VideoOutput:
 
 @dataclass(frozen=True)
 class ScoreRow:
-    """One line of the score table: report key, label, value, and whether the nightly compares it."""
+    """One line of the score table: report key, label, value, whether the nightly compares it, and which way
+    is better (an FPR rise is a regression, as an M_J drop is)."""
 
     key: str
     label: str
     value: float
     compare: bool = False
+    higher_is_better: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        """The row as report.json holds it."""
-        return {"key": self.key, "label": self.label, "value": self.value, "compare": self.compare}
+        """The row as report.json holds it (`higher_is_better` only when false: readers take true without it)."""
+        row = {"key": self.key, "label": self.label, "value": self.value, "compare": self.compare}
+        return row if self.higher_is_better else {**row, "higher_is_better": False}
 
 
 class Evaluator:
@@ -75,6 +78,10 @@ class Evaluator:
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """CSV tables to write beside the report, by file name (none by default)."""
+        return {}
+
+    def figures(self, result: dict[str, Any]) -> dict[str, bytes]:
+        """PNG files to write beside the report, by file name (none by default)."""
         return {}
 
 
@@ -299,6 +306,10 @@ class Evaluation:
     def tables(self) -> dict[str, pd.DataFrame]:
         """The evaluators' CSV tables by file name."""
         return {name: t for e, _ in self.results for name, t in e.tables().items()}
+
+    def figures(self) -> dict[str, bytes]:
+        """The evaluators' PNG files by file name."""
+        return {name: png for e, result in self.results for name, png in e.figures(result).items()}
 
 
 def summarize(evaluators: list[Evaluator]) -> Evaluation:

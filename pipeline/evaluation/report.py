@@ -137,8 +137,10 @@ def report_markdown(report: dict[str, Any], evaluation: Evaluation) -> str:
 
 
 def write_report(report: dict[str, Any], evaluation: Evaluation, out: Path) -> None:
-    """report.json, report.md and the evaluators' CSV tables, each written atomically."""
+    """report.json, report.md, the evaluators' CSV tables and figures, each written atomically."""
     for name, table in evaluation.tables().items():
         write_text(out / name, table.to_csv(index=False))
+    for name, png in evaluation.figures().items():
+        write_atomic(inside(out, name), lambda f, png=png: f.write(png))
     write_text(out / "report.md", report_markdown(report, evaluation))
     write_text(out / "report.json", json.dumps(report, indent=2) + "\n")  # last: its presence means complete

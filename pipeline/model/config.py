@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.config import preset_file
+from pipeline.negatives import CONDITIONS
 
 
 class HeadConfig(BaseModel):
@@ -49,6 +50,18 @@ class HeadConfig(BaseModel):
     """Which masks the IoU-prediction loss covers: the chosen one, or all three multimask outputs."""
     seed: int = 0
     """Seed of the head's random init (projections, MLP, adapters, text_hidden_fcs when not loaded)."""
+    negatives: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of each training batch's rows that get negative audio (another video's, silence or "
+        "noise) and an empty target mask; 0 = none (the paper)",
+    )
+    negative_conditions: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(CONDITIONS, 1.0),
+        description="relative weight of each negative-audio condition (silence, noise, offscreen) among the "
+        "negative rows; a condition at 0 is never drawn",
+    )
 
     @field_validator("fusion")
     @classmethod
@@ -59,6 +72,24 @@ class HeadConfig(BaseModel):
         if name not in FUSIONS:
             raise ValueError(f"unknown fusion {name!r}; registered: {sorted(FUSIONS)}")
         return name
+
+    @field_validator("negative_conditions")
+    @classmethod
+    def _known_conditions(cls, weights: dict[str, float]) -> dict[str, float]:
+        """Known conditions, weights >= 0, at least one above 0."""
+        unknown = sorted(set(weights) - set(CONDITIONS))
+        if unknown:
+            raise ValueError(f"unknown negative conditions {unknown}; known: {list(CONDITIONS)}")
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"negative condition weights must be >= 0 with one above 0, got {weights}")
+        return weights
+
+    def negative_weights(self) -> dict[str, float]:
+        """The conditions negative rows are drawn from, with their probabilities (empty without negatives)."""
+        if self.negatives == 0:
+            return {}
+        total = sum(self.negative_conditions.values())
+        return {c: w / total for c, w in self.negative_conditions.items() if w > 0}
 
 
 # Head settings per encoder preset. tiny: random encoders give the fused feature ~1e-2 per dimension
