@@ -3,7 +3,7 @@ an empty target mask.
 
 A negative row keeps its frame (CLIP, SAM 2, BEiT-3 features) and takes a CLAP row that is not its own audio:
 offscreen (a frame of another video, from another semantic group when there is one, the pools of
-`pipeline.negatives.offscreen_partners`, whose rule the caller passes as `fits`), silence or noise (CLAP of those segments, written by
+`pipeline.negatives.offscreen_partners`, whose ranking the caller passes as `rank`), silence or noise (CLAP of those segments, written by
 `av2t extract --negatives`, `cache.negatives`). Which rows, which condition and which source row are drawn from
 (run seed, epoch, step): the same for every head of a sweep with the same settings, and after a resume.
 """
@@ -40,24 +40,24 @@ class NegativeBank:
     """Where negative CLAP rows come from: the split's cached rows (offscreen), silence and noise (when read)."""
 
     index: SplitIndex
-    # (own category, other category) -> is the other's audio a fitting off-screen negative for the own frame?
-    fits: Callable[[str | None, str | None], bool]
+    # (own category, other category) -> 0 the best off-screen contrast .. 2 any other video will do
+    rank: Callable[[str | None, str | None], int]
     clap: torch.Tensor | None = None  # (n_rows, d) the split's CLAP rows, float32
     silence: torch.Tensor | None = None  # (1, d)
     noise: torch.Tensor | None = None  # (n_noise, d)
     pools: dict[str, np.ndarray | None] = field(init=False)
 
     def __post_init__(self) -> None:
-        """Offscreen pools per category: rows of a category that `fits` it, else of another category; None: any
-        other video (MS3, whose index holds no category)."""
+        """Offscreen pools per category: the rows of the categories of its best `rank` below 2; None (rank 2: no
+        category tells, as in MS3 of the object release): any other video."""
         category = self.index.category.astype(str)
         names = list(dict.fromkeys(category.tolist()))
         self.pools = {}
         for c in names:
-            fitting = [o for o in names if self.fits(c or None, o or None)]
-            tier1 = np.flatnonzero(np.isin(category, fitting))
-            tier2 = np.flatnonzero(category != c)
-            self.pools[c] = tier1 if len(tier1) else (tier2 if len(tier2) else None)
+            ranks = {o: self.rank(c or None, o or None) for o in names}
+            best = min(ranks.values())
+            fitting = [o for o, r in ranks.items() if r == best]
+            self.pools[c] = np.flatnonzero(np.isin(category, fitting)) if best < 2 else None
 
     def table(self, condition: str) -> torch.Tensor:
         """The CLAP rows of a condition (offscreen: the split's own rows)."""
@@ -67,7 +67,7 @@ class NegativeBank:
         return t
 
     def offscreen_row(self, row: int, rng: np.random.Generator) -> int:
-        """A store row of another video (another group where the split has one) for this row's frame."""
+        """A store row of another video (of the best contrast the split has) for this row's frame."""
         pool = self.pools[str(self.index.category[row])]
         if pool is None:
             pool = np.flatnonzero(self.index.video != self.index.video[row])
@@ -148,12 +148,12 @@ def negative_bank(
     clap: EncoderGroup,
     conditions: set[str],
     device: torch.device,
-    fits: Callable[[str | None, str | None], bool],
+    rank: Callable[[str | None, str | None], int],
     noise_seed: int = 0,
 ) -> NegativeBank:
     """The bank for these conditions: the split's CLAP rows for offscreen; silence / noise read with
     `cache.negatives.read_negative_clap` (a StoreError naming `av2t extract --negatives` when absent)."""
-    bank = NegativeBank(clap.split.index, fits)
+    bank = NegativeBank(clap.split.index, rank)
     if "offscreen" in conditions:
         bank.clap = read_clap_rows(store, subset, split, clap, device)
     if conditions & {"silence", "noise"}:

@@ -5,8 +5,11 @@ Three conditions, each paired with every frame of a video:
 - noise: white noise, uniform in [-1, 1) at full scale (as AVSBench-Robust's `generate_noise_audio`), seeded per
   (seed, video, frame), so the same seed gives the same noise everywhere;
 - offscreen: the audio of another video, from another semantic group of categories (`category_groups.json`: music,
-  human, animal, device, as AVSBench-Robust groups the S4 / MS3 classes), never from the group its dataset calls the
-  least suitable contrast (music <-> human, animal -> human); chosen deterministically for a seed, and recorded.
+  human, animal, device, as AVSBench-Robust groups the S4 / MS3 classes), never from a group it calls the least
+  suitable contrast (music <-> human, animal -> human; MS3 device -> music); an MS3 video's category is its object
+  list (the semantic release's `a_obj`, `man_guitar`), none of whose groups the partner may share. Without such a
+  partner: one with no class in common; without one either (no categories: MS3 of the object release): any other
+  video. Chosen deterministically for a seed, and recorded.
 
 FPR (AVSBench-Robust's `calculate_FPR`): per frame, the fraction of pixels with sigmoid(logit) > 0.5 (strictly, the
 sigmoid computed in float32: a pixel at exactly 0.5 is background), averaged over the negative frames.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,26 +33,69 @@ OTHER = "other"  # the group of a category the file does not know (each such cat
 
 @lru_cache(maxsize=1)
 def _groups_file() -> dict:
-    """category_groups.json: {"groups": {category: group}, "least_suitable": {group: group}}."""
+    """category_groups.json: {"groups": {class: group}, "least_suitable": {group: group} (S4 categories),
+    "least_suitable_multi": {group: group} (MS3 object lists)}."""
     return json.loads(GROUPS_FILE.read_text())
 
 
+@dataclass(frozen=True)
+class Sounds:
+    """What a video's category says sounds in it: its classes, their groups, and the groups never to draw
+    off-screen audio from for it (its own groups and their least suitable contrasts)."""
+
+    classes: frozenset[str]
+    groups: frozenset[str]
+    avoid: frozenset[str]
+
+    @property
+    def known(self) -> bool:
+        """Whether the category names anything (MS3 of the object release has none)."""
+        return bool(self.classes)
+
+
+@lru_cache(maxsize=4096)
+def sounds(category: str | None) -> Sounds:
+    """Parse a category: an S4 class folder (`playing_piano`), or an object list as the semantic release's
+    `a_obj` writes MS3 videos (`man_guitar`: '_'-joined object names, AVSBench-Robust's reading); a class the
+    groups file does not know is its own group."""
+    if not category:
+        return Sounds(frozenset(), frozenset(), frozenset())
+    table = _groups_file()
+    known = table["groups"]
+    if category in known:
+        parts, contrast = [category], table["least_suitable"]
+    else:
+        parts = [p for p in category.split("_") if p]
+        if not any(p in known for p in parts):
+            parts = [category]  # not an object list: one unknown class
+        contrast = table["least_suitable_multi"]
+    groups = frozenset(known.get(p, f"{OTHER}:{p}") for p in parts)
+    avoid = groups | {contrast[g] for g in groups if g in contrast}
+    return Sounds(frozenset(parts), groups, frozenset(avoid))
+
+
 def category_group(category: str | None) -> str:
-    """The semantic group of a category: music, human, animal, device; unknown categories are their own group."""
-    if category is None:
-        return OTHER
-    return _groups_file()["groups"].get(category, f"{OTHER}:{category}")
+    """The semantic group(s) of a category: music, human, animal, device ('+'-joined for an object list);
+    unknown classes are their own group, no category is `other`."""
+    s = sounds(category)
+    return "+".join(sorted(s.groups)) if s.known else OTHER
 
 
 def least_suitable(group: str) -> str | None:
-    """The group AVSBench-Robust never draws off-screen audio from for this group (too close to it)."""
+    """The group AVSBench-Robust never draws off-screen audio from for an S4 category of this group."""
     return _groups_file()["least_suitable"].get(group)
 
 
-def offscreen_fits(own: str | None, other: str | None) -> bool:
-    """Whether audio of category `other` is a fitting off-screen negative for a frame of category `own`."""
-    g = category_group(own)
-    return category_group(other) not in {g, least_suitable(g)}
+def offscreen_rank(own: str | None, other: str | None) -> int:
+    """How fitting audio of a video of category `other` is as off-screen audio for a frame of category `own`:
+    0 no group in common and none of own's least suitable contrasts (AVSBench-Robust's rule); 1 no class in
+    common; 2 anything else (the fallback: unknown categories, MS3 of the object release)."""
+    a, b = sounds(own), sounds(other)
+    if not (a.known and b.known):
+        return 2
+    if not (b.groups & a.avoid):
+        return 0
+    return 1 if not (b.classes & a.classes) else 2
 
 
 def _key(seed: int, *parts: object) -> int:
@@ -59,27 +106,22 @@ def _key(seed: int, *parts: object) -> int:
 def offscreen_partners(videos: Sequence[tuple[str, str | None]], seed: int = 0) -> dict[str, str]:
     """video id -> the video whose audio plays off-screen for it, for (id, category) pairs.
 
-    Candidates: videos of another group that is not the least suitable contrast; if none, videos of another
-    category; if none, any other video. One candidate per video, drawn with a generator seeded by (seed, id),
-    so the choice does not depend on the order of the list.
+    Candidates: the other videos of the best `offscreen_rank` there is for this video (another group that is
+    not too close; else no class in common; else any other video). One candidate per video, drawn with a
+    generator seeded by (seed, id), so the choice does not depend on the order of the list.
     """
     ids = [v for v, _ in videos]
     if len(set(ids)) != len(ids):
         raise ValueError("offscreen_partners: repeated video ids")
     if len(ids) < 2:
         raise ValueError("offscreen_partners: needs at least two videos")
-    group = {v: category_group(c) for v, c in videos}
     category = dict(videos)
     ordered = sorted(ids)
     out = {}
     for v in ids:
-        avoid = {group[v], least_suitable(group[v])}
-        pools = (
-            [u for u in ordered if group[u] not in avoid],
-            [u for u in ordered if u != v and category[u] != category[v]],
-            [u for u in ordered if u != v],
-        )
-        pool = next(p for p in pools if p)
+        ranked = [(offscreen_rank(category[v], category[u]), u) for u in ordered if u != v]
+        best = min(r for r, _ in ranked)
+        pool = [u for r, u in ranked if r == best]
         out[v] = pool[np.random.default_rng(_key(seed, "offscreen", v)).integers(len(pool))]
     return out
 

@@ -25,7 +25,7 @@ from pipeline.model import AV2TSAM, HeadConfig, head_config, segmentation_loss
 from pipeline.model.build import build_model, frozen_encoders, sam2_overrides
 from pipeline.model.head_checkpoint import head_payload, save_head
 from pipeline.model.precision import as_fp32, autocast, resolve_precision
-from pipeline.negatives import offscreen_fits
+from pipeline.negatives import offscreen_rank
 from pipeline.settings import OptimConfig, TrainConfig
 
 FEATURES = ("clip", "clap", "sam2", "beit3", "gt")
@@ -212,7 +212,7 @@ def negative_mixers(runs: list[HeadRun], cfg: TrainConfig, feats: Features, devi
         feats.groups["clap"],
         conditions,
         device,
-        offscreen_fits,
+        offscreen_rank,
         cfg.negatives_seed,
     )
     for r in wanted:

@@ -13,7 +13,7 @@ from cache.batches import MASK
 from cache.index import SplitIndex
 from cache.negative_batches import CLAP, NegativeBank, NegativeMixer
 from pipeline.model import head_config
-from pipeline.negatives import category_group, least_suitable, offscreen_fits
+from pipeline.negatives import category_group, least_suitable, offscreen_rank
 from pipeline.settings import ExtractConfig, OptimConfig, TrainConfig
 from stages.extract import extract
 from stages.train import sweep, train
@@ -39,7 +39,7 @@ def hand_bank(index: SplitIndex) -> NegativeBank:
     n = len(index)
     clap = torch.arange(1, n + 1, dtype=torch.float32)[:, None].expand(n, D).clone()
     noise = -2 - torch.arange(4, dtype=torch.float32)[:, None].expand(4, D).clone()
-    return NegativeBank(index, offscreen_fits, clap=clap, silence=torch.full((1, D), -1.0), noise=noise)
+    return NegativeBank(index, offscreen_rank, clap=clap, silence=torch.full((1, D), -1.0), noise=noise)
 
 
 def hand_batch(bank: NegativeBank, rows: np.ndarray) -> dict[str, torch.Tensor]:
@@ -89,6 +89,7 @@ def test_offscreen_audio_is_another_videos_from_another_group():
             own, other = index.category[rows[p]], index.category[src]
             assert index.video[src] != index.video[rows[p]]
             assert category_group(other) not in {category_group(own), least_suitable(category_group(own))}
+            assert offscreen_rank(own, other) == 0
             drawn += 1
     assert drawn == 50 * 3
 
@@ -205,3 +206,23 @@ def test_a_sweep_trains_heads_with_and_without_negatives(run, tmp_path):
     pd.testing.assert_frame_equal(
         plain.drop(columns="seconds"), pd.read_csv(alone / "metrics.csv").drop(columns="seconds"), atol=1e-6
     )
+
+
+def test_ms3_object_lists_draw_offscreen_audio_of_the_best_contrast():
+    # v1m-style categories (a_obj object lists): the device video is the only rank-0 partner of the others, and
+    # the animal-only video of it (device avoids music, not animal).
+    index = hand_index(["cat_piano", "dog_piano", "emergency-car_mower", "cat_dog"], videos_per=1)
+    bank = hand_bank(index)
+    mix = NegativeMixer(0.5, {"offscreen": 1.0}, bank, seed=2)
+    drawn = 0
+    for step in range(40):
+        rows = np.random.default_rng(step).choice(len(index), 6, replace=False)
+        batch = hand_batch(bank, rows)
+        out = mix.apply(batch, rows, 0, step)
+        for p in swapped(batch, out):
+            src = int(out[CLAP][p, 0]) - 1
+            own, other = index.category[rows[p]], index.category[src]
+            assert offscreen_rank(own, other) == 0
+            assert other == ("cat_dog" if own == "emergency-car_mower" else "emergency-car_mower")
+            drawn += 1
+    assert drawn == 40 * 3

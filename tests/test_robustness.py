@@ -25,9 +25,12 @@ from pipeline.evaluation.robustness import CATEGORY_TABLE, PLOT, Robustness
 from pipeline.negatives import (
     COMBINED_FORMULA,
     CONDITIONS,
+    category_group,
     combined_score,
     false_positive_rate,
     offscreen_partners,
+    offscreen_rank,
+    sounds,
 )
 from pipeline.settings import ExtractConfig
 from stages.evaluate import EvalConfig, evaluate
@@ -248,3 +251,68 @@ def test_the_nightly_option_reaches_each_subsets_evaluation(tmp_path):
     assert nightly.subset_settings("ms3").robustness
     plain = {d.name: d for d in deployments(ServeSettings(**where))}["nightly"].parameters
     assert "robustness" not in plain  # off: the flow's default
+
+
+def test_ms3_object_lists_parse_into_groups_as_avsbench_robust_reads_a_obj():
+    s = sounds("man_guitar")
+    assert (s.classes, s.groups) == ({"man", "guitar"}, {"human", "music"})
+    assert sounds("playing_piano").classes == {"playing_piano"}  # an S4 folder is one class, '_' and all
+    assert sounds("emergency-car_mower").avoid == {"device", "music"}  # MS3's contrast: device -> music
+    assert sounds("ambulance_siren").avoid == {
+        "device",
+        "vehicle",
+    }  # S4's: device -> vehicle (no class has it)
+    assert not sounds(None).known and not sounds("").known
+    assert category_group("cat_piano") == "animal+music" and category_group(None) == "other"
+
+
+@pytest.mark.parametrize(
+    "own,other,rank",
+    [
+        ("cat_piano", "emergency-car_mower", 0),  # no group in common, not human (too close to both)
+        ("cat_piano", "baby", 1),  # human is the least suitable contrast of music and animal: no class shared
+        ("cat_piano", "dog", 1),  # the same group, another class
+        ("cat", "cat_dog", 2),  # the cat sounds in both
+        ("cat_piano", None, 2),  # unknown: any video
+        (None, "cat", 2),
+        ("male_speech", "helicopter", 0),
+        ("male_speech", "playing_piano", 1),
+    ],
+)
+def test_offscreen_rank(own, other, rank):
+    assert offscreen_rank(own, other) == rank
+
+
+def test_ms3_partners_share_no_sounding_class_when_the_set_has_one():
+    videos = [
+        ("a", "cat_piano"),
+        ("b", "dog_piano"),
+        ("c", "emergency-car_mower"),
+        ("d", "cat_dog"),
+        ("e", None),
+    ]
+    p = offscreen_partners(videos, 0)
+    assert p["a"] == "c" and p["b"] == "c" and p["d"] == "c"  # the only partner of rank 0
+    assert p["c"] == "d"  # device avoids music: the animal-only video
+    q = offscreen_partners([("a", "cat_piano"), ("b", "dog_piano"), ("x", "baby")], 0)
+    assert q["a"] == "x" and q["x"] in {"a", "b"}  # human is too close to music: rank 1, no class in common
+    assert p["e"] != "e"  # no category: any other video
+
+
+def test_synthetic_v1m_lists_the_classes_that_sound(tmp_path):
+    from pipeline.data.synth import read_manifest, write_synthetic
+
+    write_synthetic(tmp_path, "v1m", videos=6, seed=2)
+    truth = read_manifest(tmp_path)["v1m"]
+    names = {c["name"]: c["object_name"] for c in truth["spec"]["classes"]}
+    clips = [c for split in ("train", "val", "test") for c in read_clips(tmp_path, "v1m", split)]
+    assert len(clips) == 6
+    for c in clips:
+        t = truth["videos"][c.id.rsplit("_", 2)[0]]
+        heard = {names[t["objects"][j]] for s in t["sounding"] for j in s}
+        assert sounds(c.category).classes == heard and sounds(c.category).groups <= {
+            "device",
+            "human",
+            "animal",
+            "music",
+        }

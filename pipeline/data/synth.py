@@ -53,6 +53,11 @@ class ClassSpec(BaseModel):
     harmonics: int = Field(
         3, ge=1, description="partials of a 'harmonic' sound (amplitudes 1, 1/2, 1/4, ...)"
     )
+    object_name: str | None = Field(
+        None,
+        description="the class in MS3-style object lists (`a_obj` of semantic-release v1m / v2 rows, e.g. "
+        "'man_guitar'); default: the name",
+    )
 
     @property
     def top_hz(self) -> float:
@@ -68,15 +73,56 @@ def default_classes() -> list[ClassSpec]:
     """Six classes named after AVSBench categories, with distinct looks and well-separated spectra."""
     return [
         ClassSpec(
-            name="ambulance_siren", shape="triangle", color=(220, 30, 30), sound="am", freq=1600, mod_hz=3
+            name="ambulance_siren",
+            shape="triangle",
+            color=(220, 30, 30),
+            sound="am",
+            freq=1600,
+            mod_hz=3,
+            object_name="emergency-car",
         ),
-        ClassSpec(name="baby_laughter", shape="disc", color=(240, 210, 20), sound="harmonic", freq=300),
-        ClassSpec(name="cat_meowing", shape="diamond", color=(30, 200, 60), sound="tone", freq=700),
         ClassSpec(
-            name="dog_barking", shape="square", color=(30, 70, 230), sound="noise", freq=2800, bandwidth=600
+            name="baby_laughter",
+            shape="disc",
+            color=(240, 210, 20),
+            sound="harmonic",
+            freq=300,
+            object_name="baby",
         ),
-        ClassSpec(name="playing_piano", shape="ring", color=(210, 40, 210), sound="harmonic", freq=440),
-        ClassSpec(name="lawn_mowing", shape="cross", color=(20, 210, 210), sound="am", freq=4200, mod_hz=25),
+        ClassSpec(
+            name="cat_meowing",
+            shape="diamond",
+            color=(30, 200, 60),
+            sound="tone",
+            freq=700,
+            object_name="cat",
+        ),
+        ClassSpec(
+            name="dog_barking",
+            shape="square",
+            color=(30, 70, 230),
+            sound="noise",
+            freq=2800,
+            bandwidth=600,
+            object_name="dog",
+        ),
+        ClassSpec(
+            name="playing_piano",
+            shape="ring",
+            color=(210, 40, 210),
+            sound="harmonic",
+            freq=440,
+            object_name="piano",
+        ),
+        ClassSpec(
+            name="lawn_mowing",
+            shape="cross",
+            color=(20, 210, 210),
+            sound="am",
+            freq=4200,
+            mod_hz=25,
+            object_name="mower",
+        ),
     ]
 
 
@@ -491,13 +537,22 @@ def _semantic_rows(root: Path) -> list[list[str]]:
     return [r for r in rows[1:] if any(c.strip() for c in r)]
 
 
+def audible_objects(plan: VideoPlan, subset: Subset, spec: SynthSpec) -> str:
+    """a_obj of a video: v1s, its S4 category; v1m / v2, the object names of the classes that sound in it, '_'-joined
+    in object order (as the release lists MS3 objects, `man_guitar`)."""
+    if subset in SINGLE_SOURCE:
+        return spec.classes[plan.objects[0]].name
+    heard = {j for s in plan.sounding for j in s} or set(range(len(plan.objects)))
+    names = [spec.classes[plan.objects[j]] for j in sorted(heard)]
+    return "_".join(dict.fromkeys(c.object_name or c.name for c in names))
+
+
 def _write_semantic_meta(root: Path, subset: Subset, plans: list[VideoPlan], spec: SynthSpec) -> None:
     """metadata.csv: the other subsets' rows kept, this subset's replaced."""
     label = semantic.META_COLUMNS.index("label")
     rows = [r for r in _semantic_rows(root) if r[label] != subset]
     for p in plans:
-        a_obj = spec.classes[p.objects[0]].name
-        rows.append([p.name, semantic_uid(p), "0", "0", a_obj, p.split, subset])
+        rows.append([p.name, semantic_uid(p), "0", "0", audible_objects(p, subset, spec), p.split, subset])
     with semantic.meta_csv(root).open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(semantic.META_COLUMNS)
