@@ -164,8 +164,9 @@ def _cmd_evaluate(o: EvalConfig) -> int:
 
     r = evaluate(o.model_copy(update={"progress": sys.stderr.isatty()}))
     print(f"{r['subset']} {r['split']} ({r['mode']}): {r['videos']} videos, {r['frames']} frames")
+    width = max([24] + [len(row["label"]) + 2 for row in r["score_rows"]])  # values in one column
     for row in r["score_rows"]:
-        print(f"  {row['label']:<24}{row['value']:.4f}")
+        print(f"  {row['label']:<{width}}{row['value']:.4f}")
     print(f"M_F batching: {r['M_F_batching']}")
     print(f"report: {o.out / 'report.json'} (and report.md, CSV tables, overlays/)")
     return 0

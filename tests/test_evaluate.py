@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +158,10 @@ def test_cli_evaluate_prints_the_table(run, cached, capsys):
     text = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert report["M_J"] == cached["M_J"] and report["M_F"] == cached["M_F"] and report["overlays"] == []
-    assert f"M_J                     {cached['M_J']:.4f}" in text and str(out / "report.json") in text
+    assert re.search(rf"^  M_J +{cached['M_J']:.4f}$", text, re.M) and str(out / "report.json") in text
+    values = [line.rstrip()[-6:] for line in text.splitlines() if re.match(r"  \S.* \d\.\d{4}$", line)]
+    starts = {line.rindex(" ") for line in text.splitlines() if re.match(r"  \S.* \d\.\d{4}$", line)}
+    assert len(values) >= 3 and len(starts) == 1  # the values line up, however long the labels
 
 
 def test_other_feature_fingerprints_are_refused(run, tmp_path, capsys):
