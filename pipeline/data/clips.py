@@ -55,14 +55,11 @@ class MetaRow:
     split: str
 
 
-def read_meta(root: Path, subset: Subset) -> list[MetaRow]:
-    """Parse the subset's metadata CSV (name column 0, category column 2 for S4, the 'split' column)."""
-    if subset not in layout.OBJECT_SUBSETS:
-        raise DataError(f"unknown subset {subset!r}; expected one of {layout.OBJECT_SUBSETS}")
-    path = layout.meta_csv(root, subset)
+def read_meta_csv(path: Path, release: str) -> list[list[str]]:
+    """A metadata CSV's rows, header first; a missing, unreadable or empty file is a DataError naming it."""
     if not path.is_file():
         raise DataError(
-            f"{path}: metadata CSV not found (is root, the --root option or root parameter, the AVSBench root?)"
+            f"{path}: metadata CSV not found (is root, the --root option or root parameter, the {release} root?)"
         )
     try:
         with path.open(newline="", encoding="utf-8") as f:
@@ -71,6 +68,15 @@ def read_meta(root: Path, subset: Subset) -> list[MetaRow]:
         raise DataError(f"{path}: cannot read CSV: {e}") from e
     if not rows:
         raise DataError(f"{path}: empty CSV")
+    return rows
+
+
+def read_meta(root: Path, subset: Subset) -> list[MetaRow]:
+    """Parse the subset's metadata CSV (name column 0, category column 2 for S4, the 'split' column)."""
+    if subset not in layout.OBJECT_SUBSETS:
+        raise DataError(f"unknown subset {subset!r}; expected one of {layout.OBJECT_SUBSETS}")
+    path = layout.meta_csv(root, subset)
+    rows = read_meta_csv(path, "AVSBench")
     header = [h.strip() for h in rows[0]]
     if "split" not in header:
         raise DataError(f"{path}: header has no 'split' column: {header}")

@@ -11,7 +11,6 @@ A colour mask becomes binary as "colour differs from the background class's pale
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data import layout
-from pipeline.data.clips import FIX_ROW, Clip, DataError, MetaRow, row_name_problems
+from pipeline.data.clips import FIX_ROW, Clip, DataError, MetaRow, read_meta_csv, row_name_problems
 from pipeline.data.layout import SEMANTIC_SUBSETS, SPLITS, Subset
 
 META_COLUMNS = ("vid", "uid", "s_min", "s_sec", "a_obj", "split", "label")
@@ -111,18 +110,7 @@ def read_meta(root: Path, subset: Subset) -> list[MetaRow]:
     if subset not in SEMANTIC_SUBSETS:
         raise DataError(f"{subset!r} is not a subset of the AVSBench-semantic release {SEMANTIC_SUBSETS}")
     path = meta_csv(root)
-    if not path.is_file():
-        raise DataError(
-            f"{path}: metadata CSV not found (is root, the --root option or root parameter, the "
-            "AVSBench-semantic root?)"
-        )
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read CSV: {e}") from e
-    if not rows:
-        raise DataError(f"{path}: empty CSV")
+    rows = read_meta_csv(path, "AVSBench-semantic")
     header = [h.strip() for h in rows[0]]
     if missing := [c for c in META_COLUMNS if c not in header]:
         raise DataError(f"{path}: header lacks the columns {missing} (expected {', '.join(META_COLUMNS)})")
