@@ -26,7 +26,7 @@ The same head on SAM 1 (EVF-SAM1) is `AV2TSAM1` (pipeline.model.av2t_sam1), whic
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,21 @@ def select_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, t
     choice = iou.argmax(dim=1)
     rows = torch.arange(masks.shape[0], device=masks.device)
     return masks[rows, choice], iou[rows, choice], choice
+
+
+def decoded(
+    low_res: torch.Tensor, iou_all: torch.Tensor, upsample: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The head's outputs from the decoder's multimask output (B, 3, h, w) and IoUs (B, 3): the best mask by
+    predicted IoU upsampled by the backbone's rule to `logits`, its IoU and index, and all masks and IoUs."""
+    best, iou_pred, choice = select_best(low_res, iou_all)
+    return {
+        "logits": upsample(best[:, None])[:, 0],
+        "iou_pred": iou_pred,
+        "low_res_masks": low_res,
+        "iou_preds": iou_all,
+        "choice": choice,
+    }
 
 
 class AV2TSAM(nn.Module):
@@ -387,12 +402,4 @@ class AV2TSAM(nn.Module):
             repeat_image=False,
             high_res_features=high_res,
         )
-        best, iou_pred, choice = select_best(low_res, iou_all)
-        logits = upsample_masks(best[:, None], self.cfg.mask_size)[:, 0]
-        return {
-            "logits": logits,
-            "iou_pred": iou_pred,
-            "low_res_masks": low_res,
-            "iou_preds": iou_all,
-            "choice": choice,
-        }
+        return decoded(low_res, iou_all, lambda m: upsample_masks(m, self.cfg.mask_size))

@@ -22,7 +22,7 @@ from torch import nn
 from pipeline.encoders.sam1_image import run_vit_blocks, vit_embed
 from pipeline.encoders.sam2_image import IMAGE_EMBED, TRUNK_IN
 from pipeline.model.adapters import SharedAdapterBank
-from pipeline.model.av2t_sam import AV2TSAM, select_best
+from pipeline.model.av2t_sam import AV2TSAM, decoded
 
 # Our key prefix -> the reference's (AVTSAM with EvfSamModel: segment-anything's module names).
 REFERENCE_PREFIXES_SAM1 = {
@@ -116,13 +116,5 @@ class AV2TSAM1(AV2TSAM):
         dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(embed.shape[0], -1, h, w)
         pe = sam.prompt_encoder.get_dense_pe()
         low_res, iou_all = decode_paired(self.sam_mask_decoder, embed, pe, prompt, dense)
-        best, iou_pred, choice = select_best(low_res, iou_all)
         s, m = self.sam2.cfg.image_size, self.cfg.mask_size
-        logits = sam.postprocess_masks(best[:, None].float(), (s, s), (m, m))[:, 0]
-        return {
-            "logits": logits,
-            "iou_pred": iou_pred,
-            "low_res_masks": low_res,
-            "iou_preds": iou_all,
-            "choice": choice,
-        }
+        return decoded(low_res, iou_all, lambda x: sam.postprocess_masks(x.float(), (s, s), (m, m)))
