@@ -56,6 +56,22 @@ def swapped(batch, out) -> np.ndarray:
     return np.flatnonzero((batch[CLAP] != out[CLAP]).any(1).numpy())
 
 
+def offscreen_draws(
+    index: SplitIndex, seed: int, size: int, steps: int, epoch: int = 0, rng_base: int = 0
+) -> list[tuple[int, int]]:
+    """(row, the store row whose CLAP it took) of every off-screen negative of `steps` batches of `size` rows
+    (drawn with generators seeded rng_base + step), share 0.5, from the hand bank."""
+    bank = hand_bank(index)
+    mix = NegativeMixer(0.5, {"offscreen": 1.0}, bank, seed=seed)
+    draws = []
+    for step in range(steps):
+        rows = np.random.default_rng(rng_base + step).choice(len(index), size, replace=False)
+        batch = hand_batch(bank, rows)
+        out = mix.apply(batch, rows, epoch, step)
+        draws += [(int(rows[p]), int(out[CLAP][p, 0]) - 1) for p in swapped(batch, out)]
+    return draws
+
+
 @pytest.mark.parametrize("share,size,expected", [(0.25, 8, 2), (0.5, 8, 4), (0.25, 4, 1), (0.25, 3, 1)])
 def test_the_share_of_rows_is_swapped_and_their_masks_emptied(share, size, expected):
     index = hand_index(CATEGORIES)
@@ -77,37 +93,22 @@ def test_the_share_of_rows_is_swapped_and_their_masks_emptied(share, size, expec
 
 def test_offscreen_audio_is_another_videos_from_another_group():
     index = hand_index(CATEGORIES)
-    bank = hand_bank(index)
-    mix = NegativeMixer(0.5, {"offscreen": 1.0}, bank, seed=3)
-    drawn = 0
-    for step in range(50):
-        rows = np.random.default_rng(100 + step).choice(len(index), 6, replace=False)
-        batch = hand_batch(bank, rows)
-        out = mix.apply(batch, rows, 1, step)
-        for p in swapped(batch, out):
-            src = int(out[CLAP][p, 0]) - 1  # the store row whose CLAP was swapped in
-            own, other = index.category[rows[p]], index.category[src]
-            assert index.video[src] != index.video[rows[p]]
-            assert category_group(other) not in {category_group(own), least_suitable(category_group(own))}
-            assert offscreen_rank(own, other) == 0
-            drawn += 1
-    assert drawn == 50 * 3
+    draws = offscreen_draws(index, seed=3, size=6, steps=50, epoch=1, rng_base=100)
+    for row, src in draws:
+        own, other = index.category[row], index.category[src]
+        assert index.video[src] != index.video[row]
+        assert category_group(other) not in {category_group(own), least_suitable(category_group(own))}
+        assert offscreen_rank(own, other) == 0
+    assert len(draws) == 50 * 3
 
 
 def test_without_categories_offscreen_audio_is_any_other_video():
     index = hand_index([""], videos_per=4)  # MS3: the index holds no category
-    bank = hand_bank(index)
-    mix = NegativeMixer(0.5, {"offscreen": 1.0}, bank, seed=1)
-    sources = set()
-    for step in range(40):
-        rows = np.random.default_rng(step).choice(len(index), 4, replace=False)
-        batch = hand_batch(bank, rows)
-        out = mix.apply(batch, rows, 0, step)
-        for p in swapped(batch, out):
-            src = int(out[CLAP][p, 0]) - 1
-            assert index.video[src] != index.video[rows[p]]
-            sources.add(index.video[src])
-    assert len(sources) == 4  # every video serves as another's off-screen audio
+    draws = offscreen_draws(index, seed=1, size=4, steps=40)
+    assert all(index.video[src] != index.video[row] for row, src in draws)
+    assert (
+        len({index.video[src] for _, src in draws}) == 4
+    )  # every video serves as another's off-screen audio
 
 
 def test_silence_and_noise_rows_come_from_the_bank_in_their_weights():
@@ -212,17 +213,9 @@ def test_ms3_object_lists_draw_offscreen_audio_of_the_best_contrast():
     # v1m-style categories (a_obj object lists): the device video is the only rank-0 partner of the others, and
     # the animal-only video of it (device avoids music, not animal).
     index = hand_index(["cat_piano", "dog_piano", "emergency-car_mower", "cat_dog"], videos_per=1)
-    bank = hand_bank(index)
-    mix = NegativeMixer(0.5, {"offscreen": 1.0}, bank, seed=2)
-    drawn = 0
-    for step in range(40):
-        rows = np.random.default_rng(step).choice(len(index), 6, replace=False)
-        batch = hand_batch(bank, rows)
-        out = mix.apply(batch, rows, 0, step)
-        for p in swapped(batch, out):
-            src = int(out[CLAP][p, 0]) - 1
-            own, other = index.category[rows[p]], index.category[src]
-            assert offscreen_rank(own, other) == 0
-            assert other == ("cat_dog" if own == "emergency-car_mower" else "emergency-car_mower")
-            drawn += 1
-    assert drawn == 40 * 3
+    draws = offscreen_draws(index, seed=2, size=6, steps=40)
+    for row, src in draws:
+        own, other = index.category[row], index.category[src]
+        assert offscreen_rank(own, other) == 0
+        assert other == ("cat_dog" if own == "emergency-car_mower" else "emergency-car_mower")
+    assert len(draws) == 40 * 3
