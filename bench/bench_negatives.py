@@ -1,15 +1,17 @@
 """Does negative-audio training cut false positives? Two heads that differ only by `negatives`, synthetic data.
 
-Run: python bench/bench_negatives.py [--subset ms3] [--videos 60] [--epochs 8] [--negatives 0.25] [--out runs/bench-neg]
+Run: python bench/bench_negatives.py [--subset ms3] [--videos 60] [--epochs 8] [--negatives 0.25] [--adapters]
 Synthesises a tree, extracts every split (tiny preset, CPU) with the negative CLAP rows (`--negatives`), trains
 both heads in one sweep, then scores each head's best.pt on the test split with its `forward_cached`: M_J on the
 real audio, and AVSBench-Robust's FPR with the CLAP row replaced by silence, noise and an off-screen video's
-audio (`pipeline.negatives.offscreen_partners`, the same frame of the partner video). Prints both heads side by
-side with FPR_with / FPR_without; the bar: FPR under silence and offscreen at most half, M_J within 0.02.
+audio (the same frame of the partner video, paired as `av2t evaluate --robustness` pairs them). Prints both
+heads side by side with FPR_with / FPR_without; the bar: FPR under silence and offscreen at most half, M_J
+within 0.02.
 
 The synthetic truth (`synth_manifest.json`) also splits the offscreen FPR by whether the partner's sound is on
-screen: MS3 rows have no category, so an off-screen partner is any other video, and in about half the pairs one
-of its sounding classes is visible in the frame, where segmenting that object is the correct answer.
+screen: MS3 of the object release has no category, so an off-screen partner is any other video, and in about
+half the pairs one of its sounding classes is visible in the frame, where segmenting that object is the correct
+answer (`--subset v1m` draws partners by the release's object lists, as AVSBench-Robust does).
 """
 
 from __future__ import annotations
@@ -40,24 +42,13 @@ from pipeline.negatives import (
     offscreen_partners,
 )
 from pipeline.settings import ExtractConfig, TrainConfig, preset_optim
+from stages.evaluate import partner_rows
 from stages.extract import extract
 from stages.train import sweep
 
 ENCODERS = ("clip", "clap", "sam2", "beit3", "gt")
 MAX_FPR_RATIO = 0.5  # the bar: FPR with negatives at most this share of FPR without (silence, offscreen)
 MAX_MJ_DROP = 0.02  # ... and positive M_J within this of the head without
-
-
-def partner_rows(index, rows: np.ndarray, seed: int) -> np.ndarray:
-    """Per scored row, the store row of the same frame of its off-screen partner (else the partner's first)."""
-    videos = [(v, str(index.category[index.rows_of(v)[0]]) or None) for v in index.videos()]
-    partner = offscreen_partners(videos, seed)
-    where = {(v, int(k)): r for r, (v, k) in enumerate(zip(index.video, index.frame, strict=True))}
-    out = []
-    for r in rows.tolist():
-        other = partner[index.video[r]]
-        out.append(where.get((other, int(index.frame[r])), index.rows_of(other)[0]))
-    return np.array(out, dtype=np.int64)
 
 
 @torch.no_grad()
@@ -81,13 +72,14 @@ def score_head(
     model.eval()
     index = group.index
     rows = np.flatnonzero(index.has_mask)
-    own = read_clap_rows(store, subset, split, groups["clap"], device)
+    own = read_clap_rows(groups["clap"], device)
     neg = read_negative_clap(store, subset, split, groups["clap"].fingerprint, seed)
-    partner = dict(zip(rows.tolist(), partner_rows(index, rows, seed).tolist(), strict=True))
+    videos = [(v, str(index.category[index.rows_of(v)[0]]) or None) for v in index.videos()]
+    partner = partner_rows(index, rows, offscreen_partners(videos, seed))  # the evaluate stage's pairing
     replaced = {
         "silence": lambda r: torch.from_numpy(neg["silence"]).expand(len(r), -1),
         "noise": lambda r: torch.from_numpy(neg["noise"][r]),
-        "offscreen": lambda r: own[[partner[int(x)] for x in r]],
+        "offscreen": lambda r: own[partner[r]],
     }
 
     def forward(batch: dict[str, torch.Tensor], r: np.ndarray) -> dict:
@@ -104,7 +96,7 @@ def score_head(
         acc.add(v.video, v.fields["logits"]["real"], v.fields["mask"], frames=v.frames)
         for c in CONDITIONS:
             negatives[c].append(v.fields["logits"][c].numpy())
-        scored += [(where[v.video, k], partner[where[v.video, k]]) for k in v.frames]
+        scored += [(where[v.video, k], int(partner[where[v.video, k]])) for k in v.frames]
     m_j = float(acc.summary()["M_J"])
     fpr = {c: false_positive_rate(np.concatenate(x)) for c, x in negatives.items()}
     out = {

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cache.batches import MASK, FeatureBatches, Source, to_device
+from cache.batches import MASK
 from cache.index import SplitIndex
-from cache.quant import scale_name
 from cache.store import EncoderGroup
 
 CLAP = "clap"  # the batch field of the CLAP row (the model's cached array)
@@ -129,16 +128,9 @@ class NegativeMixer:
         return out
 
 
-def read_clap_rows(
-    store: str, subset: str, split: str, clap: EncoderGroup, device: torch.device
-) -> torch.Tensor:
-    """Every cached CLAP row of a split, (n_rows, d) float32 on the device (int8 rows dequantised)."""
-    srcs = {CLAP: Source(clap.key, CLAP)}
-    if scale_name(CLAP) in clap.specs:
-        srcs[scale_name(CLAP)] = Source(clap.key, scale_name(CLAP))
-    n = clap.split.n_rows
-    batch = FeatureBatches(store, subset, split, srcs, batch_size=max(1, n))[0]
-    return to_device(batch, device)[CLAP]
+def read_clap_rows(clap: EncoderGroup, device: torch.device) -> torch.Tensor:
+    """Every cached CLAP row of a split, (n_rows, d) float32 on the device (CLAP rows are never quantised)."""
+    return torch.from_numpy(clap.read(CLAP, slice(None))).to(device).float()
 
 
 def negative_bank(
@@ -155,7 +147,7 @@ def negative_bank(
     `cache.negatives.read_negative_clap` (a StoreError naming `av2t extract --negatives` when absent)."""
     bank = NegativeBank(clap.split.index, rank)
     if "offscreen" in conditions:
-        bank.clap = read_clap_rows(store, subset, split, clap, device)
+        bank.clap = read_clap_rows(clap, device)
     if conditions & {"silence", "noise"}:
         from cache.negatives import read_negative_clap
 
