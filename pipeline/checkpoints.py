@@ -81,6 +81,45 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str |
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
+def nonpersistent_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers no state dict holds (segment-anything's Sam.pixel_mean / pixel_std), by qualified name."""
+    persistent = set(module.state_dict())
+    return {n: b for n, b in module.named_buffers() if n not in persistent}
+
+
+def to_empty_keeping_buffers(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """`module.to_empty(device)`, except that non-persistent buffers keep their values.
+
+    No checkpoint can fill them, so after to_empty they would be meta (a later `.to()` fails) or
+    uninitialised memory (silently wrong). On device "meta" they stay real, on their own device.
+    """
+    keep = {
+        n: b.detach().clone() for n, b in nonpersistent_buffers(module).items() if b.device.type != "meta"
+    }
+    module.to_empty(device=device)
+    for name, value in keep.items():
+        owner, _, leaf = name.rpartition(".")
+        target = module.get_submodule(owner) if owner else module
+        target.register_buffer(leaf, value if str(device) == "meta" else value.to(device), persistent=False)
+    return module
+
+
+def meta_tensors(module: nn.Module) -> list[str]:
+    """Names of the parameters and buffers still on the meta device (none, in a model ready to run)."""
+    tensors = [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
+    return [n for n, t in tensors if t.device.type == "meta"]
+
+
+def require_materialised(module: nn.Module, source: str | Path) -> None:
+    """Fail, naming them, when a built model keeps tensors on the meta device (they hold no values)."""
+    left = meta_tensors(module)
+    if left:
+        raise CheckpointError(f"{source}: {len(left)} tensor(s) left without values (meta): {_first(left)}")
+
+
 LISTING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 
 

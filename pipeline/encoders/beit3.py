@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from pipeline.checkpoints import load_strict, read_evf_sam2, require_file
+from pipeline.checkpoints import (
+    load_strict,
+    read_evf_sam2,
+    require_file,
+    require_materialised,
+    to_empty_keeping_buffers,
+)
 from pipeline.config import resolve_weights
 from pipeline.encoders.base import Encoder, frames_tensor, seeded
 
@@ -136,8 +142,9 @@ def load_beit3(cfg: Config, path: Path) -> BEiT3:
     for k in list(sd):
         if k in own:
             sd[k] = sd[k].to(own[k].dtype)
-    model.to_empty(device="cpu")
+    to_empty_keeping_buffers(model, "cpu")
     load_strict(model, sd, path)
+    require_materialised(model, path)
     return model
 
 

@@ -41,7 +41,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sam2.modeling.sam2_base import SAM2Base
 from torch import nn
 
-from pipeline.checkpoints import CheckpointError, load_strict, read_evf_sam2, read_state_dict, require_file
+from pipeline.checkpoints import (
+    CheckpointError,
+    load_strict,
+    read_evf_sam2,
+    read_state_dict,
+    require_file,
+    require_materialised,
+    to_empty_keeping_buffers,
+)
 from pipeline.config import resolve_weights
 from pipeline.encoders.base import Encoder, check_frames, frames_tensor, seeded
 
@@ -473,8 +481,9 @@ def random_or_loaded(
         return make(cfg)
     path = require_file(path, what, sources[cfg.weights_format])
     sd = read(path, cfg.weights_format)
-    model = make(cfg, empty=True).to_empty(device="cpu")
+    model = to_empty_keeping_buffers(make(cfg, empty=True), "cpu")  # SAM 1's pixel_mean/std keep values
     load_strict(model, sd, path)
+    require_materialised(model, path)
     return model
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoints import CheckpointError
+from pipeline.checkpoints import CheckpointError, require_materialised, to_empty_keeping_buffers
 from pipeline.config import encoder_config
 from pipeline.encoders import beit3 as B
 from pipeline.encoders.registry import IMPL_KEY, encoder_module
@@ -53,8 +53,9 @@ def empty_model(
     head = head_config(preset, fusion="mul", fused_scale=1.0, adapters=adapters, adapter_start_block=0)
     with torch.device("meta"):
         model = head_class(sam)(head, sam, beit3, d_clip, d_clap)
-    # The SAM's few real buffers go to meta too, so that a strict assign replaces every tensor.
-    return model.to_empty(device="meta")
+    # The SAM's few real buffers go to meta too, so that a strict assign replaces every tensor; those no
+    # state dict holds (SAM 1's pixel_mean / pixel_std) keep their values, or nothing would ever fill them.
+    return to_empty_keeping_buffers(model, "meta")
 
 
 def from_reference_state(
@@ -73,6 +74,7 @@ def from_reference_state(
             f"{model.backbone.upper()}; use --preset {PRESETS[backbone]}"
         )
     load_reference_state(model, sd, source)
+    require_materialised(model, source)
     return model.eval()
 
 
