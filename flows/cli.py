@@ -156,6 +156,8 @@ def _cmd_score(o: ScoreOptions) -> int:
         counts = f"{r['frames']} frames, {r['videos']} videos"
         print(f"M_J {r['M_J']:.4f}  M_F {r['M_F']:.4f}  ({r['batching']}; {counts})")
         print(f"masks read as: {r['convention']}")
+        resized = f" ({r['resized_to_protocol']} predictions resized)" if r["resized_to_protocol"] else ""
+        print(f"scored at: {r['scored_at']}{resized}")
     return 0
 
 

@@ -77,7 +77,7 @@ def m_j(logits: Tensor, gt: Tensor) -> float:
     return (ious.sum() / ious.numel()).item()
 
 
-def _buckets(scores: Tensor) -> Tensor:
+def threshold_buckets(scores: Tensor) -> Tensor:
     """How many thresholds are <= each score (0..255, as exact float32), by the official `score >= t_k`.
 
     Equals `torch.bucketize(scores, THRESHOLDS, right=True)` except that NaN counts 0 (NaN >= t is False)
@@ -97,7 +97,7 @@ def _pr_counts(scores: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
     nb = N_THRESHOLDS + 1
     # One histogram over (frame, bucket, is-foreground); float32 keys stay exact far beyond n * 512.
     offsets = torch.arange(0, n * nb * 2, nb * 2, dtype=torch.float32, device=scores.device)
-    key = _buckets(scores.flatten(1)).mul_(2).add_(fg.flatten(1)).add_(offsets.unsqueeze(1))
+    key = threshold_buckets(scores.flatten(1)).mul_(2).add_(fg.flatten(1)).add_(offsets.unsqueeze(1))
     hist = torch.bincount(key.flatten().long(), minlength=n * nb * 2).view(n, nb, 2)
     # score >= t_k exactly when k < bucket: threshold k counts the pixels in buckets k + 1 and up.
     at_or_above = hist.flip(1).cumsum(1).flip(1)[:, 1:]

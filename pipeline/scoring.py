@@ -1,7 +1,10 @@
 """Score a folder of predicted masks against the AVSBench ground truth with the official M_J / M_F.
 
 Layout: `<pred>/<name>/<name>_<k>.png` for every annotated frame k of every clip of the split (the GT
-masks' file names, without the split/category folders). Each PNG is 8-bit with one grey level per pixel
+masks' file names, without the split/category folders). Scores are at the protocol's size, 224 x 224, as
+`evaluate` scores: the ground truth as the release's official loader reads it (AVSBench-semantic: colour
+mask resized with PIL NEAREST; v1: its 224 x 224 masks), predictions at 224 x 224 as they are, and
+predictions at the GT mask's own size resized to 224 x 224 with PIL NEAREST (the result says how many). Each PNG is 8-bit with one grey level per pixel
 ('L'; also '1', and 'P' / 'LA' / 'RGB' / 'RGBA' when every pixel is grey and opaque: a colour or a used alpha
 channel is refused, as there is no telling which channel is the prediction), read as probabilities v / 255,
 so hard 0/255 masks and soft maps both work. A folder in which no file holds a value above 1 and some hold 1
@@ -27,16 +30,18 @@ import torch
 from PIL import Image
 
 from pipeline.data.clips import Clip, DataError, read_clips
-from pipeline.data.images import load_clip_mask
+from pipeline.data.images import PROTOCOL_SIZE, protocol_mask
 from pipeline.data.layout import Subset
 from pipeline.data.names import check_name
 from pipeline.files import inside, write_text
-from pipeline.metrics import MetricAccumulator
+from pipeline.metrics import MetricAccumulator, threshold_buckets
 
 # PIL modes holding 8-bit values ("1" is 0/255 after "L"; the colour ones must be grey and opaque).
 EIGHT_BIT_MODES = ("L", "1", "P", "LA", "RGB", "RGBA")
 MAX_LISTED = 50  # missing files listed by name in one error, before "... and N more"
-SAVE_AS = "save predictions as single-channel 8-bit 'L' PNGs holding round(255 * probability)"
+SAVE_AS = (
+    "save predictions as single-channel 8-bit 'L' PNGs holding round(255 * probability) (or probability_png)"
+)
 
 Values = Literal["auto", "probability", "binary01"]
 CONVENTIONS = {
@@ -45,6 +50,10 @@ CONVENTIONS = {
 }
 MARKER = "av2t_predictions.json"  # {"values": "probability" | "binary01"}, written by mark_folder
 KINDS = ("empty", "0/1", "0/255", "soft")
+SCORED_AT = (
+    f"{PROTOCOL_SIZE}x{PROTOCOL_SIZE}, the protocol's size: ground truth as the release's official loader "
+    "reads it; predictions at the GT mask's own size resized to it with PIL NEAREST"
+)
 
 
 def prediction_path(pred_dir: str | Path, video: str, k: int) -> Path:
@@ -183,14 +192,19 @@ def probability_logits(values: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def probability_png(prob: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] to the uint8 grey levels a prediction PNG holds: round(p * 255).
+    """Probabilities in [0, 1] to the uint8 grey levels a prediction PNG holds: the level v whose v / 255
+    makes every decision the official metrics make on p, so M_J and M_F survive the PNG.
 
-    p = 0.5 exactly is background for M_J (sigmoid > 0.5 is strict), so it gets 127, not round(127.5) = 128:
-    the thresholded masks, and so M_J, then survive the round trip exactly.
+    The 255 M_F thresholds t_k = k/254 cut [0, 1] into 255 intervals; p in [t_k, t_(k+1)) (k >= 1) gets
+    v = k + 1, which lies in the same interval (and 0 below t_1; 255 at p = 1): every `p >= t_k` holds
+    for v / 255 exactly when it holds for p. M_J's strict `p > 0.5` is kept too: v >= 128 exactly when
+    p > 0.5, so p = 0.5 itself gets 127 (its one M_F decision at t_127 = 0.5 is the only one lost). v
+    differs from round(255 p) by at most one level.
     """
     p = torch.as_tensor(prob, dtype=torch.float32).clamp(0, 1)
-    v = (p * 255).round()
-    v = torch.where(p == 0.5, torch.full_like(v, 127), v)
+    count = threshold_buckets(p)  # thresholds at or below p: 1..255
+    v = torch.where(count >= 2, count, torch.zeros_like(count))
+    v = torch.where(p > 0.5, v.clamp(min=128), v.clamp(max=127))
     return v.to(torch.uint8).cpu().numpy()
 
 
@@ -201,16 +215,36 @@ def write_probability(path: str | Path, prob: torch.Tensor | np.ndarray) -> None
     Image.fromarray(probability_png(prob), mode="L").save(path, format="PNG", compress_level=1)
 
 
-def _frame_inputs(pred_dir: Path, clip: Clip, k: int, values: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, gt) of one annotated frame; a prediction of another size than its GT is an error."""
-    gt = load_clip_mask(clip, k)
+def _native_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header."""
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable image: {e}") from e
+
+
+def _frame_inputs(
+    pred_dir: Path, clip: Clip, k: int, values: str, resized: Counter
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, gt) of one annotated frame at the protocol's size (PROTOCOL_SIZE square).
+
+    A prediction at the GT mask's own size (not the protocol's) is brought to the protocol's size with PIL
+    NEAREST, as the official loaders resize masks, and counted in `resized`; any other size is an error.
+    """
+    gt = protocol_mask(clip, k, PROTOCOL_SIZE)
     path = prediction_path(pred_dir, clip.id, k)
     pred = load_probability(path)
     if pred.shape != gt.shape:
-        raise DataError(
-            f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]}, but its GT mask "
-            f"{clip.mask_paths[k - 1]} is {gt.shape[1]}x{gt.shape[0]}"
-        )
+        native = _native_size(clip.mask_paths[k - 1])
+        if pred.shape != native:
+            raise DataError(
+                f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]}, but its GT mask "
+                f"{clip.mask_paths[k - 1]} is {native[1]}x{native[0]}: save predictions at "
+                f"{PROTOCOL_SIZE}x{PROTOCOL_SIZE} (the protocol's size) or at the GT mask's own size"
+            )
+        pred = np.asarray(Image.fromarray(pred, mode="L").resize((PROTOCOL_SIZE,) * 2, Image.NEAREST))
+        resized["from native size"] += 1
     if values == "binary01":
         pred = pred * np.uint8(255)  # 0/1 -> 0/255 (checked to hold nothing else)
     return probability_logits(pred), torch.from_numpy(gt)
@@ -280,13 +314,14 @@ def _score(
 
     info, bad, failed = _read_all(pred_dir, clips, values, progress)
     acc = MetricAccumulator(batching=batching)
+    resized: Counter[str] = Counter()
     for clip in tqdm(clips, desc="score", unit="video", disable=not progress):
         frames = []
         for k in clip.annotated:
             if prediction_path(pred_dir, clip.id, k) in failed:
                 continue  # already reported
             try:
-                frames.append(_frame_inputs(pred_dir, clip, k, info["values"]))
+                frames.append(_frame_inputs(pred_dir, clip, k, info["values"], resized))
             except DataError as e:  # collect every bad file, then fail once
                 bad.append(str(e))
         if len(frames) == len(clip.annotated) and not bad:
@@ -296,6 +331,8 @@ def _score(
         listed = "\n".join(f"  {b}" for b in bad[:MAX_LISTED])
         more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         raise DataError(f"{pred_dir}: {len(bad)} file(s) cannot be scored:\n{listed}{more}")
+    info["scored_at"] = SCORED_AT
+    info["resized_to_protocol"] = resized["from native size"]
     return acc, info
 
 

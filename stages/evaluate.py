@@ -8,9 +8,10 @@ The features the head was trained on (the checkpoint's `features` fingerprints) 
 
 Outputs under `out`: report.json, report.md, the evaluators' CSV tables (frames.csv, videos.csv,
 categories.csv; with robustness robustness_categories.csv and the plot robustness.png), overlays/ (frame | GT | prediction for the best and worst videos by M_J) and, with
-save_masks, masks/<name>/<name>_<k>.png holding the predicted probability as round(p * 255) (not a 0/255
-threshold: `av2t score` on them then gives the report's M_J exactly and its M_F to ~1e-4, where a hard mask
-would lose the soft scores M_F needs).
+save_masks, masks/<name>/<name>_<k>.png holding the predicted probability as the 8-bit level that keeps
+every official threshold decision (pipeline.scoring.probability_png; within one level of round(p * 255)), so
+`av2t score` on them gives the report's M_J and M_F exactly (a hard 0/255 mask would lose the soft scores
+M_F needs).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from cache.batches import FeatureBatches, sources, video_outputs
 from cache.negatives import read_negative_clap
 from pipeline.checkpoints import CheckpointError
 from pipeline.data.clips import DataError, read_clips
-from pipeline.data.layout import data_layout
+from pipeline.data.layout import data_layout, mask_kind
+from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.encoders.registry import get_encoder, resolve_device
 from pipeline.evaluation import VideoOutput, build_evaluators, summarize, variants_of
 from pipeline.evaluation.end_to_end import end_to_end_outputs, silence_embedding, swap_order
@@ -80,10 +82,11 @@ def cached_outputs(
     check_store_features(cfg, ck)
     frozen = frozen_encoders(ck.head, ck.preset, cfg.weights_dir, device)
     group = FeatureStore(cfg.store, mode="r").split(cfg.subset, cfg.split)
+    gt = ground_truth_group(group.encoders(), mask_kind(cfg.subset), cfg.store, cfg.subset)
     groups = {
         n: group.encoder_for(n, frozen[n].provenance())
         if n in frozen
-        else group.encoder(n, ck.features.get(n))
+        else (gt if n == "gt" and gt is not None else group.encoder(n, ck.features.get(n)))
         for n in (*FEATURE_ENCODERS, "gt")
     }
     widths = {f"d_{n}": int(groups[n].specs[n].shape[0]) for n in ("clip", "clap")}

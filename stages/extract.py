@@ -20,8 +20,8 @@ from cache.negatives import has_negative_clap, write_negative_clap
 from cache.quant import nonfinite_rows, storage_specs, to_storage
 from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
-from pipeline.data.images import load_clip_mask, load_frame
-from pipeline.data.layout import FRAME_SIZE
+from pipeline.data.images import load_frame, protocol_mask
+from pipeline.data.layout import mask_kind
 from pipeline.encoders.base import Encoder
 from pipeline.encoders.registry import get_encoder, resolve_device
 from pipeline.evaluation.negative_audio import noise_segments, segment_samples, silence_segments
@@ -31,8 +31,11 @@ from pipeline.settings import ExtractConfig, encoder_batch_size
 
 
 def cfg_encoder(cfg: ExtractConfig, name: str) -> Encoder:
-    """The encoder an extraction config asks for."""
-    return get_encoder(name, cfg.preset, cfg.weights_dir, cfg.device, cfg.overrides.get(name))
+    """The encoder an extraction config asks for (the GT 'encoder' told how the subset's masks are read)."""
+    overrides = cfg.overrides.get(name)
+    if name == "gt":
+        overrides = {**(overrides or {}), "masks": mask_kind(cfg.subset)}
+    return get_encoder(name, cfg.preset, cfg.weights_dir, cfg.device, overrides)
 
 
 # Encoders reading the same input are extracted together: each input is decoded once for all of them.
@@ -165,7 +168,9 @@ def _load_one(enc: Encoder, clip: Clip, k: int, cache: InputCache) -> np.ndarray
         if enc.input == "audio":
             return cache.segments(clip)[k - 1]
         path = clip.mask_paths[k - 1]
-        return load_clip_mask(clip, k) if path is not None else np.zeros(FRAME_SIZE[::-1], bool)
+        if path is None:
+            return np.zeros((enc.cfg.size, enc.cfg.size), bool)
+        return protocol_mask(clip, k, enc.cfg.size)  # as the release's official loader reads it
     except DataError as e:
         return e
 

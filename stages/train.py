@@ -18,6 +18,8 @@ from cache import EncoderGroup, FeatureStore, StoreError
 from cache.batches import FeatureBatches, Source, sources, to_device, video_outputs
 from cache.feed import TrainReader, open_reader
 from cache.negative_batches import NegativeMixer, negative_bank
+from pipeline.data.layout import mask_kind
+from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.encoders.registry import resolve_device
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
 from pipeline.files import save_torch, write_atomic, write_text
@@ -106,10 +108,13 @@ def open_features(cfg: TrainConfig, split: str, frozen: dict[str, Any]) -> Featu
     """The split's sub-groups: SAM 2 / BEiT-3 computed by the encoders built here (fp32 or bf16), the rest as
     held."""
     group = FeatureStore(cfg.store, mode="r").split(cfg.subset, split)
+    gt = ground_truth_group(group.encoders(), mask_kind(cfg.subset), cfg.store, cfg.subset)
     # CLIP / CLAP run only at extraction: take the one fingerprint the store holds.
     return Features(
         {
-            n: group.encoder_for(n, frozen[n].provenance()) if n in frozen else group.encoder(n)
+            n: group.encoder_for(n, frozen[n].provenance())
+            if n in frozen
+            else (gt if n == "gt" and gt is not None else group.encoder(n))
             for n in FEATURES
         }
     )

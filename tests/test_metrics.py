@@ -11,12 +11,12 @@ import torch
 from pipeline.metrics import (
     THRESHOLDS,
     MetricAccumulator,
-    _buckets,
     f_curve,
     frame_iou,
     m_f,
     m_f_raw_logits,
     m_j,
+    threshold_buckets,
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def test_buckets_count_thresholds_at_or_below_each_score():
     special = torch.tensor([math.nan, math.inf, -math.inf, 1e38, -1e38, -0.0, 1e-45, 0.5, 2.0, -0.5])
     scores = torch.cat([bits.view(torch.float32).flatten(), THRESHOLDS, special, torch.randn(20000) * 3])
     direct = (scores[:, None] >= THRESHOLDS[None, :]).sum(1)
-    assert torch.equal(_buckets(scores).long(), direct)
+    assert torch.equal(threshold_buckets(scores).long(), direct)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -96,6 +96,19 @@ def test_probability_png_keeps_the_threshold():
     assert np.array_equal(probability_png(rand) > 127, (rand > 0.5).numpy())
 
 
+def test_probability_png_keeps_every_m_f_threshold_decision():
+    # Random probabilities plus each threshold and its float32 neighbours: the hardest cases.
+    near = torch.cat([THRESHOLDS, torch.nextafter(THRESHOLDS, torch.tensor(0.0))])
+    near = torch.cat([near, torch.nextafter(THRESHOLDS, torch.tensor(2.0)).clamp(max=1)])
+    p = torch.cat([torch.rand(20_000), near])
+    p = p[p != 0.5]  # the one value whose M_F decision at t_127 = 0.5 the strict M_J rule wins
+    back = torch.sigmoid(probability_logits(probability_png(p)))
+    assert torch.equal(back[:, None] >= THRESHOLDS[None], p[:, None] >= THRESHOLDS[None])
+    assert torch.equal(back > 0.5, p > 0.5)
+    v = probability_png(p).astype(int)
+    assert np.abs(v - np.round(p.numpy() * 255)).max() <= 1
+
+
 def test_missing_files_are_all_named(root, tmp_path, capsys):
     pred = tmp_path / "pred"
     _soft_predictions(root, pred)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFile
 
 from pipeline.data.clips import Clip, DataError
@@ -179,13 +181,58 @@ def load_colour_mask(path: str | Path, background: tuple[int, int, int]) -> np.n
     return colour_foreground(load_mask_colours(path), background)
 
 
+PROTOCOL_SIZE = 224  # AVSBench's ground truth, predictions and metrics: 224 x 224
+
+
 def load_clip_mask(clip: Clip, k: int) -> np.ndarray:
-    """The GT mask of a clip's annotated frame k (1-based) as bool (H, W), read by the clip's mask kind."""
+    """The GT mask of a clip's annotated frame k (1-based) as bool (H, W) at its own size, read by the clip's
+    mask kind."""
+    path = _clip_mask_path(clip, k)
+    if clip.mask_kind == "colour":
+        return load_colour_mask(path, _background(clip))
+    return load_mask(path)
+
+
+def protocol_mask(clip: Clip, k: int, size: int = PROTOCOL_SIZE) -> np.ndarray:
+    """The GT mask of frame k as bool (size, size), as the release's official loader reads it.
+
+    AVSBench-semantic (colour masks): the AVSS loader's way: the PNG as PIL RGB, resized to size x size
+    with PIL NEAREST, then every pixel whose colour is not the background's. AVSBench v1 (binary masks):
+    read at their own size (the release's are 224 x 224 and the official loader never resizes them); a
+    mask of another size is nearest-resized by torch (F.interpolate), as av2t has always done.
+    """
+    path = _clip_mask_path(clip, k)
+    if clip.mask_kind == "colour":
+        background = _background(clip)
+
+        def resized(img: Image.Image) -> np.ndarray:
+            rgb = img.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.NEAREST)
+            return np.asarray(rgb)
+
+        return colour_foreground(_open(path, resized), background)
+    return nearest_resize(load_mask(path), size)
+
+
+def nearest_resize(mask: np.ndarray, size: int) -> np.ndarray:
+    """A bool (H, W) mask at size x size by torch's nearest interpolation (unchanged when it has that size)."""
+    if mask.shape == (size, size):
+        return mask
+    x = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))[None, None].float()
+    return F.interpolate(x, size=(size, size), mode="nearest")[0, 0].numpy() > 0
+
+
+def _clip_mask_path(clip: Clip, k: int) -> Path:
+    """The mask file of frame k, or the DataError of a frame without one."""
     path = clip.mask_paths[k - 1]
     if path is None:
         raise DataError(f"{clip.frame_paths[k - 1]}: frame {k} of {clip.id} has no GT mask")
-    if clip.mask_kind == "colour":
-        if clip.mask_background is None:
-            raise ValueError(f"clip {clip.id}: colour masks need mask_background")
-        return load_colour_mask(path, clip.mask_background)
-    return load_mask(path)
+    return path
+
+
+def _background(clip: Clip) -> tuple[int, int, int]:
+    """A colour-masked clip's background colour."""
+    if clip.mask_background is None:
+        raise ValueError(f"clip {clip.id}: colour masks need mask_background")
+    return clip.mask_background

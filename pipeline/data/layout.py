@@ -35,6 +35,15 @@ def data_layout(subset: Subset) -> DataLayout:
     raise ValueError(f"unknown subset {subset!r}; expected one of {SUBSETS}")
 
 
+# How each release stores its masks: 0/255 PNGs (object), or one palette colour per class (semantic).
+MASK_KINDS: dict[DataLayout, str] = {"avsbench-object": "binary", "avsbench-semantic": "colour"}
+
+
+def mask_kind(subset: Subset) -> str:
+    """'binary' or 'colour': how a subset's GT masks are read (pipeline.data.images.protocol_mask)."""
+    return MASK_KINDS[data_layout(subset)]
+
+
 def frames_per_video(subset: Subset) -> int:
     """Frames (and one-second audio segments) of every video of a subset: 10 for v2, else 5."""
     return SUBSET_FRAMES[subset]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -10,7 +11,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.data.clips import DataError
 from pipeline.encoders.base import Encoder
+
+# How AVSBench-semantic's official loader (AVSS) brings a colour mask to the protocol's size.
+COLOUR_RULE = "PIL RGB, resized to size x size with PIL NEAREST, then colour != background (AVSS loader)"
 
 
 class Config(BaseModel):
@@ -18,6 +23,8 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     size: int = 224
+    masks: Literal["binary", "colour"] = "binary"
+    """The release's mask kind: binary (AVSBench v1) or colour (AVSBench-semantic; set by extraction)."""
 
 
 class GtMaskEncoder(Encoder):
@@ -65,7 +72,9 @@ class GtMaskEncoder(Encoder):
         return {"size": self.cfg.size}
 
     def preprocessing_dict(self) -> dict[str, Any]:
-        """How masks are read."""
+        """How masks are read (v1's entry is unchanged since the first stores, so their fingerprint holds)."""
+        if self.cfg.masks == "colour":
+            return {"foreground": "colour != background", "resize": COLOUR_RULE}
         return {"foreground": "pixel > 0 after 'L'", "resize": "nearest"}
 
     def weights_digest(self) -> str:
@@ -76,3 +85,29 @@ class GtMaskEncoder(Encoder):
 def build(cfg: Config, weights_dir: str | Path | None = None) -> GtMaskEncoder:
     """The mask 'encoder'."""
     return GtMaskEncoder(cfg)
+
+
+class StaleGroundTruth(DataError):
+    """A store's ground truth was not read the way its release's official loader reads it."""
+
+
+def ground_truth_group(groups: Sequence[Any], masks: str, where: str, subset: str) -> Any | None:
+    """Of a split's encoder sub-groups, the 'gt' one read by today's rule for the release's mask kind.
+
+    None when the split has no 'gt' features (the caller's usual error names that). Binary masks: the one
+    'gt' group, as ever. Colour masks: a 'gt' group stored before the AVSS rule (torch nearest) is refused,
+    naming the command that re-extracts it.
+    """
+    gts = [g for g in groups if g.name == "gt"]
+    if masks != "colour" or not gts:
+        return None
+    good = [g for g in gts if g.provenance.get("preprocessing", {}).get("resize") == COLOUR_RULE]
+    if good:
+        return good[0]
+    raise StaleGroundTruth(
+        f"{where}: its ground truth ('gt' {gts[0].fingerprint}) was resized by torch's nearest, not as "
+        "AVSBench-semantic's official loader reads it (PIL NEAREST of the colour mask to 224x224), so scores "
+        f"would differ from the official ones; re-extract it (the other features are kept): av2t extract "
+        f"--root <AVSBench-semantic root> --subset {subset} --encoders gt --store <this store> "
+        "--allow-other-fingerprints"
+    )

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.data.audio import load_segments
 from pipeline.data.clips import Clip
-from pipeline.data.images import load_frame, load_mask
+from pipeline.data.images import load_frame, protocol_mask
 from pipeline.encoders.base import Encoder
 from pipeline.evaluation.evaluators import REAL, SILENCE, SWAPPED, VideoOutput
 from pipeline.evaluation.negative_audio import noise_segments, segment_samples, silence_segments
@@ -64,7 +64,7 @@ def end_to_end_outputs(
         ks = list(clip.annotated)
         idx = torch.tensor([k - 1 for k in ks])
         frames = np.stack([load_frame(clip.frame_paths[k - 1]) for k in ks])
-        gt = gt_enc.preprocess(np.stack([load_mask(clip.mask_paths[k - 1]) for k in ks]))
+        gt = gt_enc.preprocess(np.stack([protocol_mask(clip, k, gt_enc.cfg.size) for k in ks]))
         with torch.inference_mode():
             emb = clip_enc.encode(clip_enc.preprocess(frames).to(clip_enc.device))["clip"]
             claps = {REAL: clap_of(i)[idx]}

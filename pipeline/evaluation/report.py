@@ -26,7 +26,7 @@ def clips_digest(videos: list[str]) -> str:
 
 @dataclass
 class MaskWriter:
-    """Writes each frame's predicted probability as round(p * 255) under masks/<name>/<name>_<k>.png."""
+    """Writes each frame's predicted probability as an 8-bit level (scoring.probability_png) under masks/<name>/<name>_<k>.png."""
 
     folder: Path
 
