@@ -28,7 +28,8 @@ from cache import FeatureStore
 from cache.batches import FeatureBatches, sources, video_outputs
 from cache.negative_batches import CLAP, read_clap_rows
 from cache.negatives import read_negative_clap
-from pipeline.data.layout import SEMANTIC_SUBSETS
+from pipeline.data import semantic
+from pipeline.data.layout import data_layout
 from pipeline.data.synth import read_manifest, write_synthetic
 from pipeline.metrics import MetricAccumulator
 from pipeline.model import head_config
@@ -189,7 +190,7 @@ def main() -> None:
     trained = time.perf_counter() - t
 
     truth = read_manifest(root)[subset]["videos"]
-    if subset in SEMANTIC_SUBSETS:  # the release names a video by its uid: id, start and end in ms
+    if data_layout(subset) == semantic.NAME:  # the release names a video by its uid: id, start and end in ms
         truth = {f"{v}_0_{len(t['sounding']) * 1000}": t for v, t in truth.items()}
     scores = {n: score_head(out / "sweep" / n / "best.pt", store, subset, "test", truth=truth) for n in heads}
     table = pd.DataFrame(scores)

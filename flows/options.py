@@ -88,8 +88,21 @@ def _help(f: FieldInfo, tp: Any, default: Any, required: bool) -> str:
     return text.strip().replace("%", "%%")
 
 
-def _kind(tp: Any) -> dict[str, Any]:
-    """argparse keywords for one (non-None) type."""
+def _registry_choices(metadata: Any) -> list[str] | None:
+    """The choices a `Choices` marker (pipeline.settings) gives a field, or None without one."""
+    for m in metadata:
+        if callable(getattr(m, "values", None)) and not isinstance(m, type):
+            return list(m.values())
+    return None
+
+
+def _kind(tp: Any, metadata: Any = ()) -> dict[str, Any]:
+    """argparse keywords for one (non-None) type (Annotated metadata and field metadata included)."""
+    if typing.get_origin(tp) is typing.Annotated:
+        base, *extra = typing.get_args(tp)
+        return _kind(base, [*extra, *metadata])
+    if (choices := _registry_choices(metadata)) is not None:
+        return {"type": str, "choices": choices}
     if typing.get_origin(tp) is Literal:
         choices = list(typing.get_args(tp))
         return {"type": type(choices[0]), "choices": choices}
@@ -119,7 +132,7 @@ def add_option(
     tp = _optional(f.annotation)
     help_ = _help(f, tp, default, required)
     if positional:
-        return parser.add_argument(name, help=help_, **_kind(tp))
+        return parser.add_argument(name, help=help_, **_kind(tp, f.metadata))
     flag = flag or "--" + name.replace("_", "-")
     kw: dict[str, Any] = {"dest": name, "default": default}
     if required:
@@ -131,7 +144,7 @@ def add_option(
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp) or (str,)
         return parser.add_argument(flag, nargs="+", action=_Extend, help=help_, **_kind(item), **kw)
-    return parser.add_argument(flag, help=help_, **_kind(tp), **kw)
+    return parser.add_argument(flag, help=help_, **_kind(tp, f.metadata), **kw)
 
 
 def options(

@@ -6,20 +6,40 @@ without importing torch, zarr or Prefect.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from pipeline.config import preset_file
 from pipeline.data.layout import SPLITS
+from pipeline.data.releases import known_subset, subsets
 from pipeline.model.config import HeadConfig, head_config
 
 # The encoder names a store holds (pipeline.encoders.registry maps each to its module).
 ENCODER_NAMES: tuple[str, ...] = ("clip", "clap", "sam2", "beit3", "gt")
 DEFAULT_STORE = "runs/store.zarr"
 Split = Literal["train", "val", "test"]
-SubsetName = Literal["s4", "ms3", "v1s", "v1m", "v2"]  # pipeline.data.layout.Subset
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Field metadata: the valid values come from a registry (the CLI offers them as choices)."""
+
+    values: Callable[[], Sequence[str]]
+
+
+def _subset_enum(schema: dict[str, Any]) -> None:
+    """The registered subsets as the JSON schema's enum (the Prefect UI's drop-down)."""
+    schema["enum"] = list(subsets())
+
+
+# A subset of any registered data release (pipeline.data.releases): a new release needs no change here.
+SubsetName = Annotated[
+    str, AfterValidator(known_subset), Choices(subsets), Field(json_schema_extra=_subset_enum)
+]
 EvalMode = Literal["cached", "end-to-end"]
 OnRegression = Literal["fail", "warn"]
 RunnerKind = Literal["threads", "dask"]

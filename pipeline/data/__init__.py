@@ -1,6 +1,12 @@
-"""AVSBench v1 data: path rules, clip reader, audio loading, validation and the synthetic generator."""
+"""AVSBench data: the release registry, path rules, clip readers, audio loading, validation and the synthetic
+generator. Importing the package registers the shipped releases (one module each)."""
 
-from pipeline.data.clips import Clip, read_clips
-from pipeline.data.layout import FRAMES_PER_VIDEO, SPLITS, SUBSETS, Subset
+from pipeline.data import avsbench_object, avsbench_semantic  # noqa: F401  (registration)
+from pipeline.data.releases import Release, register_release, release_of, subsets
 
-__all__ = ["Clip", "read_clips", "FRAMES_PER_VIDEO", "SPLITS", "SUBSETS", "Subset"]
+__all__ = [
+    "Release",
+    "register_release",
+    "release_of",
+    "subsets",
+]

@@ -1,7 +1,7 @@
 """Validate an AVSBench tree (`av2t data check`): count what is there, collect every problem.
 
-The object release (s4, ms3) is checked here; the semantic release (v1s, v1m, v2) by
-pipeline.data.semantic_check, which check_tree hands it to."""
+check_tree hands a subset to its release's checker (pipeline.data.releases); the AVSBench v1 (object) release's
+checker is here, with the helpers every release's checker shares (Problem, ClipResult, make_problem, ...)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from tqdm import tqdm
 
 from pipeline.data import layout
 from pipeline.data.audio import read_wav
-from pipeline.data.clips import FIX_ROW, Clip, DataError, MetaRow, clip_from_row, read_meta, row_name_problems
+from pipeline.data.clips import FIX_ROW, Clip, MetaRow, clip_from_row, read_meta, row_name_problems
+from pipeline.data.errors import DataError
 from pipeline.data.images import load_frame, read_mask
-from pipeline.data.layout import SPLITS, SUBSETS, Subset
+from pipeline.data.layout import SPLITS, Subset
+from pipeline.data.releases import release_of
 
 
 @dataclass(frozen=True, order=True)
@@ -86,7 +88,7 @@ class CheckReport:
 
 
 @dataclass
-class _ClipResult:
+class ClipResult:
     """Outcome of checking one clip's files."""
 
     split: str
@@ -97,13 +99,13 @@ class _ClipResult:
     notes: list[Problem] = field(default_factory=list)
 
 
-def _problem(path: Path, message: str) -> Problem:
+def make_problem(path: Path, message: str) -> Problem:
     """A Problem for `path`; drops the 'path: ' prefix our DataErrors carry so it is not printed twice."""
     prefix = f"{path}: "
     return Problem(str(path), message[len(prefix) :] if message.startswith(prefix) else message)
 
 
-def _zero_splits() -> dict[str, SplitCounts]:
+def zero_splits() -> dict[str, SplitCounts]:
     """Every official split with zero counts."""
     return {s: SplitCounts() for s in SPLITS}
 
@@ -117,18 +119,18 @@ def _check_rows(csv: Path, rows: list[MetaRow]) -> tuple[list[MetaRow], list[Pro
     first: dict[str, MetaRow] = {}
     for row in rows:
         if row.split not in SPLITS:
-            problems.append(_problem(csv, f"line {row.line}: unknown split value {row.split!r}"))
+            problems.append(make_problem(csv, f"line {row.line}: unknown split value {row.split!r}"))
             continue
         if bad := row_name_problems(row):
-            problems += [_problem(csv, b) for b in bad]
+            problems += [make_problem(csv, b) for b in bad]
             continue  # never build a path from it
         seen = first.get(row.name)
         if seen is not None and seen.split == row.split:
             msg = f"line {row.line}: duplicate video name {row.name!r} in split {row.split!r}"
-            problems.append(_problem(csv, f"{msg} (first on line {seen.line})"))
+            problems.append(make_problem(csv, f"{msg} (first on line {seen.line})"))
         elif seen is not None:
             msg = f"line {row.line}: duplicate video name {row.name!r} (first on line {seen.line}, split "
-            problems.append(_problem(csv, f"{msg}{seen.split!r}): {FIX_ROW}"))
+            problems.append(make_problem(csv, f"{msg}{seen.split!r}): {FIX_ROW}"))
         else:
             first[row.name] = row
         usable.append(row)
@@ -140,23 +142,23 @@ def _check_frames(clip: Clip, problems: list[Problem]) -> tuple[int, dict[int, t
     folder = clip.frame_paths[0].parent
     if not folder.is_dir():
         # One problem for the folder instead of five for its frames.
-        problems.append(_problem(folder, "frame folder not found"))
+        problems.append(make_problem(folder, "frame folder not found"))
         return 0, {}
     found, sizes = 0, {}
     for k, path in zip(clip.frames, clip.frame_paths, strict=True):
         if not path.is_file():
-            problems.append(_problem(path, "missing frame"))
+            problems.append(make_problem(path, "missing frame"))
             continue
         found += 1
         try:
             h, w = load_frame(path).shape[:2]
             sizes[k] = (w, h)
         except DataError as e:
-            problems.append(_problem(path, str(e)))
+            problems.append(make_problem(path, str(e)))
     return found, sizes
 
 
-def _check_masks(clip: Clip, frame_sizes: dict[int, tuple[int, int]], result: _ClipResult) -> int:
+def _check_masks(clip: Clip, frame_sizes: dict[int, tuple[int, int]], result: ClipResult) -> int:
     """Check the annotated frames' masks (presence, decoding, size, convention); returns how many exist."""
     problems = result.problems
     paths = [(k, p) for k, p in zip(clip.frames, clip.mask_paths, strict=True) if p is not None]
@@ -164,48 +166,50 @@ def _check_masks(clip: Clip, frame_sizes: dict[int, tuple[int, int]], result: _C
         return 0
     folder = paths[0][1].parent
     if not folder.is_dir():
-        problems.append(_problem(folder, "mask folder not found"))
+        problems.append(make_problem(folder, "mask folder not found"))
         return 0
     found = 0
     for k, path in paths:
         if not path.is_file():
-            problems.append(_problem(path, "missing mask"))
+            problems.append(make_problem(path, "missing mask"))
             continue
         found += 1
         try:
             read = read_mask(path)
         except DataError as e:
-            problems.append(_problem(path, str(e)))
+            problems.append(make_problem(path, str(e)))
             continue
         h, w = read.mask.shape
         result.masks[read.convention] += 1
         if read.alpha_only:
-            result.notes.append(_problem(path, ALPHA_ONLY_NOTE))
+            result.notes.append(make_problem(path, ALPHA_ONLY_NOTE))
         # Without a readable frame to compare with, the official size is the reference.
         want = frame_sizes.get(k, layout.FRAME_SIZE)
         if (w, h) != want:
-            problems.append(_problem(path, f"mask size {w}x{h} differs from frame size {want[0]}x{want[1]}"))
+            problems.append(
+                make_problem(path, f"mask size {w}x{h} differs from frame size {want[0]}x{want[1]}")
+            )
     return found
 
 
-def _check_audio(clip: Clip, problems: list[Problem]) -> None:
+def check_audio(clip: Clip, problems: list[Problem]) -> None:
     """Check the WAV exists, decodes and has samples (stereo and short clips are legal)."""
     path = clip.audio_path
     if not path.is_file():
-        problems.append(_problem(path, "missing WAV"))
+        problems.append(make_problem(path, "missing WAV"))
         return
     try:
         read_wav(path)
     except DataError as e:
-        problems.append(_problem(path, str(e)))
+        problems.append(make_problem(path, str(e)))
 
 
-def _check_clip(clip: Clip) -> _ClipResult:
+def _check_clip(clip: Clip) -> ClipResult:
     """All file checks of one clip; runs in a worker thread."""
-    result = _ClipResult(clip.split, 0, 0, [])
+    result = ClipResult(clip.split, 0, 0, [])
     result.frames, sizes = _check_frames(clip, result.problems)
     result.annotated_frames = _check_masks(clip, sizes, result)
-    _check_audio(clip, result.problems)
+    check_audio(clip, result.problems)
     return result
 
 
@@ -222,9 +226,9 @@ def _unique_clips(root: Path, subset: Subset, rows: Iterable[MetaRow]) -> list[C
     return clips
 
 
-def _run(
-    clips: list[Clip], workers: int, progress: bool, check: Callable[[Clip], _ClipResult] = _check_clip
-) -> Iterator[_ClipResult]:
+def run_checks(
+    clips: list[Clip], workers: int, progress: bool, check: Callable[[Clip], ClipResult] = _check_clip
+) -> Iterator[ClipResult]:
     """Check clips in a thread pool (PIL and libsndfile release the GIL while decoding)."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(check, clips)
@@ -232,27 +236,26 @@ def _run(
 
 
 def check_tree(root: str | Path, subset: Subset, workers: int = 8, progress: bool = False) -> CheckReport:
-    """Validate one subset of an AVSBench tree (either release); never stops at the first problem."""
-    if subset not in SUBSETS:
-        raise DataError(f"unknown subset {subset!r}; expected one of {SUBSETS}")
-    if layout.data_layout(subset) == "avsbench-semantic":
-        from pipeline.data.semantic_check import check_semantic_tree  # it builds on this module
-
-        return check_semantic_tree(root, subset, workers, progress)
+    """Validate one subset of a tree of any registered release; never stops at the first problem."""
     # absolute() (not resolve()) so reported paths are full but keep the user's symlinks.
     root = Path(root).expanduser().absolute()
-    csv = layout.meta_csv(root, subset)
-    splits = _zero_splits()
+    return release_of(subset).check_tree(root, subset, workers, progress)
+
+
+def check_object_tree(root: Path, subset: Subset, workers: int = 8, progress: bool = False) -> CheckReport:
+    """Validate one subset of an AVSBench v1 (object) tree."""
+    csv = layout.object_meta_csv(root, subset)
+    splits = zero_splits()
     try:
         rows = read_meta(root, subset)
     except DataError as e:
-        return CheckReport(subset, splits, [_problem(csv, str(e))])
+        return CheckReport(subset, splits, [make_problem(csv, str(e))])
     rows, problems = _check_rows(csv, rows)
     for row in rows:
         splits[row.split].videos += 1
     masks: dict[str, Counter[str]] = {s: Counter() for s in splits}
     notes: list[Problem] = []
-    for result in _run(_unique_clips(root, subset, rows), workers, progress):
+    for result in run_checks(_unique_clips(root, subset, rows), workers, progress):
         splits[result.split].frames += result.frames
         splits[result.split].annotated_frames += result.annotated_frames
         problems.extend(result.problems)

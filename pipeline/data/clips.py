@@ -1,5 +1,5 @@
-"""Read AVSBench clips from the metadata CSV, following the official loaders' path rules (the semantic
-release's rules are in pipeline.data.semantic; read_clips serves both)."""
+"""Clips (one video's frames, WAV and masks) and the AVSBench v1 (object) release's CSV reader, following the
+official loaders' path rules; `read_clips` reads any registered release (pipeline.data.releases)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.data import layout
+from pipeline.data.errors import DataError
 from pipeline.data.layout import SPLITS, Subset
 from pipeline.data.names import name_problem
+from pipeline.data.releases import release_of
 
 MaskKind = Literal["binary", "colour"]
-
-
-class DataError(ValueError):
-    """A problem with an input file; the message names the file."""
+__all__ = ["Clip", "DataError", "MetaRow", "read_clips"]  # DataError re-exported: `from ...clips import` it
 
 
 @dataclass(frozen=True)
@@ -72,10 +71,9 @@ def read_meta_csv(path: Path, release: str) -> list[list[str]]:
 
 
 def read_meta(root: Path, subset: Subset) -> list[MetaRow]:
-    """Parse the subset's metadata CSV (name column 0, category column 2 for S4, the 'split' column)."""
-    if subset not in layout.OBJECT_SUBSETS:
-        raise DataError(f"unknown subset {subset!r}; expected one of {layout.OBJECT_SUBSETS}")
-    path = layout.meta_csv(root, subset)
+    """Parse an object-release subset's metadata CSV (name column 0, category column 2 for S4, the 'split'
+    column)."""
+    path = layout.object_meta_csv(root, subset)
     rows = read_meta_csv(path, "AVSBench")
     header = [h.strip() for h in rows[0]]
     if "split" not in header:
@@ -136,7 +134,7 @@ def clip_from_row(root: Path, subset: Subset, row: MetaRow) -> Clip:
     """Build the Clip of one metadata row by the official path rules."""
     n, c, s = row.name, row.category, row.split
     annotated = layout.annotated_frames(subset, s)
-    frames = range(1, layout.FRAMES_PER_VIDEO + 1)
+    frames = range(1, layout.frames_per_video(subset) + 1)
     return Clip(
         id=n,
         subset=subset,
@@ -152,27 +150,28 @@ def clip_from_row(root: Path, subset: Subset, row: MetaRow) -> Clip:
 
 
 def read_clips(root: str | Path, subset: Subset, split: str) -> list[Clip]:
-    """All clips of one split, in CSV order.
+    """All clips of one split of any registered release's subset, in its metadata order.
 
-    The whole CSV must be sound, whichever split is read: a row with an unknown split value, a video id or
-    category that is not a plain name (see pipeline.data.names) or a video id seen before (in any split) is
-    an error naming the CSV, every such row and what to do, before any file is read.
+    The whole metadata file must be sound, whichever split is read: a row with an unknown split value, a
+    video id or category that is not a plain name (see pipeline.data.names) or a video id seen before (in
+    any split) is an error naming the file, every such row and what to do, before any file is read.
     """
-    root = Path(root)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
-    if subset in layout.SEMANTIC_SUBSETS:
-        from pipeline.data import semantic  # it builds on this module
+    return release_of(subset).read_clips(Path(root), subset, split)
 
-        return semantic.read_clips(root, subset, split)
+
+def read_object_clips(root: Path, subset: Subset, split: str) -> list[Clip]:
+    """All clips of one split of an AVSBench v1 (object) subset, in CSV order (see read_clips)."""
     rows = read_meta(root, subset)
     problems = csv_problems(rows)
+    csv_path = layout.object_meta_csv(root, subset)
     if len(problems) == 1:
-        raise DataError(f"{layout.meta_csv(root, subset)}: {problems[0]}")
+        raise DataError(f"{csv_path}: {problems[0]}")
     if problems:
         listed = [f"  {p}" for p in problems[:MAX_LISTED]]
         if len(problems) > MAX_LISTED:
             listed.append(f"  ... and {len(problems) - MAX_LISTED} more")
-        head = f"{layout.meta_csv(root, subset)}: {len(problems)} problems in its rows:"
+        head = f"{csv_path}: {len(problems)} problems in its rows:"
         raise DataError("\n".join([head, *listed]))
     return [clip_from_row(root, subset, r) for r in rows if r.split == split]

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageFile
 
 from pipeline.data.clips import Clip, DataError
@@ -219,6 +217,9 @@ def nearest_resize(mask: np.ndarray, size: int) -> np.ndarray:
     """A bool (H, W) mask at size x size by torch's nearest interpolation (unchanged when it has that size)."""
     if mask.shape == (size, size):
         return mask
+    import torch  # only here: the data layer's readers stay free of torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))[None, None].float()
     return F.interpolate(x, size=(size, size), mode="nearest")[0, 0].numpy() > 0
 

@@ -1,23 +1,15 @@
-"""Path rules of the official AVSBench-object tree (Single-source = S4, Multi-sources = MS3), and which
-subsets live in which release (the AVSBench-semantic release's path rules are in pipeline.data.semantic)."""
+"""Path rules of the official AVSBench-object tree (Single-source = S4, Multi-sources = MS3), and the per-subset
+facts every release shares, looked up in the release registry (pipeline.data.releases)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-Subset = Literal["s4", "ms3", "v1s", "v1m", "v2"]
-SUBSETS: tuple[Subset, ...] = ("s4", "ms3", "v1s", "v1m", "v2")
-# s4/ms3 are read from the AVSBench-object tree; v1s/v1m/v2 (v1s = the S4 videos, v1m = the MS3 videos,
-# v2 = new 10-second videos) from the AVSBench-semantic tree, as binary masks.
-OBJECT_SUBSETS: tuple[Subset, ...] = ("s4", "ms3")
-SEMANTIC_SUBSETS: tuple[Subset, ...] = ("v1s", "v1m", "v2")
-DataLayout = Literal["avsbench-object", "avsbench-semantic"]
+from pipeline.data.releases import release_of, subset_info
+
+Subset = str  # a registered subset: pipeline.data.releases.subsets()
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 FRAMES_PER_VIDEO = 5  # AVSBench-object and the semantic release's v1s / v1m
-SUBSET_FRAMES: dict[str, int] = {"s4": 5, "ms3": 5, "v1s": 5, "v1m": 5, "v2": 10}
-# Subsets with one annotated frame per training video (the first); all others annotate every frame.
-FIRST_FRAME_TRAIN: tuple[Subset, ...] = ("s4", "v1s")
 FRAME_SIZE = (224, 224)  # (width, height) of the official frames and masks
 WAV_RATE = 16_000
 
@@ -26,27 +18,34 @@ WAV_RATE = 16_000
 CSV_HEADER = {"s4": ["name", "start", "category", "split"], "ms3": ["video_id", "split"]}
 
 
-def data_layout(subset: Subset) -> DataLayout:
-    """Which release a subset is read from: 'avsbench-object' (s4, ms3) or 'avsbench-semantic' (v1s, v1m, v2)."""
-    if subset in OBJECT_SUBSETS:
-        return "avsbench-object"
-    if subset in SEMANTIC_SUBSETS:
-        return "avsbench-semantic"
-    raise ValueError(f"unknown subset {subset!r}; expected one of {SUBSETS}")
-
-
-# How each release stores its masks: 0/255 PNGs (object), or one palette colour per class (semantic).
-MASK_KINDS: dict[DataLayout, str] = {"avsbench-object": "binary", "avsbench-semantic": "colour"}
+def data_layout(subset: Subset) -> str:
+    """Which release a subset is read from, by its registered name ('avsbench-object', 'avsbench-semantic')."""
+    return release_of(subset).name
 
 
 def mask_kind(subset: Subset) -> str:
     """'binary' or 'colour': how a subset's GT masks are read (pipeline.data.images.protocol_mask)."""
-    return MASK_KINDS[data_layout(subset)]
+    return release_of(subset).mask_kind
 
 
 def frames_per_video(subset: Subset) -> int:
     """Frames (and one-second audio segments) of every video of a subset: 10 for v2, else 5."""
-    return SUBSET_FRAMES[subset]
+    return subset_info(subset).frames
+
+
+def meta_csv(root: Path, subset: Subset) -> Path:
+    """The subset's metadata CSV, where its release keeps it."""
+    return release_of(subset).meta_csv(Path(root), subset)
+
+
+def annotated_frames(subset: Subset, split: str) -> tuple[int, ...]:
+    """Frames with a GT mask: S4 / v1s train annotate only frame 1; everything else every frame."""
+    if subset_info(subset).first_frame_train and split == "train":
+        return (1,)
+    return tuple(range(1, frames_per_video(subset) + 1))
+
+
+# ---------------------------------------------------------------- the object release's path rules
 
 
 def subset_dir(root: Path, subset: Subset) -> Path:
@@ -54,10 +53,8 @@ def subset_dir(root: Path, subset: Subset) -> Path:
     return Path(root) / ("Single-source" if subset == "s4" else "Multi-sources")
 
 
-def meta_csv(root: Path, subset: Subset) -> Path:
-    """The subset's metadata CSV (the semantic release has one for all its subsets, at its root)."""
-    if data_layout(subset) == "avsbench-semantic":
-        return Path(root) / "metadata.csv"
+def object_meta_csv(root: Path, subset: Subset) -> Path:
+    """An object-release subset's metadata CSV: Single-source/s4_meta_data.csv, Multi-sources/ms3_meta_data.csv."""
     return subset_dir(root, subset) / f"{subset}_meta_data.csv"
 
 
@@ -93,10 +90,3 @@ def mask_dir(root: Path, subset: Subset, split: str, name: str, category: str | 
 def mask_path(root: Path, subset: Subset, split: str, name: str, category: str | None, k: int) -> Path:
     """Ground-truth mask of frame k (1-based), 0/255 PNG."""
     return mask_dir(root, subset, split, name, category) / f"{name}_{k}.png"
-
-
-def annotated_frames(subset: Subset, split: str) -> tuple[int, ...]:
-    """Frames with a GT mask: S4 / v1s train annotate only frame 1; everything else every frame."""
-    if subset in FIRST_FRAME_TRAIN and split == "train":
-        return (1,)
-    return tuple(range(1, frames_per_video(subset) + 1))

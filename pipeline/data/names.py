@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.data.errors import DataError
+
 SEPARATORS = ("/", "\\")
 
 
@@ -35,7 +37,5 @@ def check_name(name: str, what: str = "video id", source: str | Path | None = No
     problem = name_problem(name)
     if problem is None:
         return name
-    from pipeline.data.clips import DataError  # clips imports this module
-
     where = f"{source}: " if source is not None else ""
     raise DataError(f"{where}{what} {name!r} {problem}: refused, it is used as a file name")

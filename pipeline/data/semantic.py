@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data import layout
-from pipeline.data.clips import FIX_ROW, Clip, DataError, MetaRow, read_meta_csv, row_name_problems
-from pipeline.data.layout import SEMANTIC_SUBSETS, SPLITS, Subset
+from pipeline.data.avsbench_semantic import SUBSETS
+from pipeline.data.clips import FIX_ROW, Clip, MetaRow, read_meta_csv, row_name_problems
+from pipeline.data.errors import DataError
+from pipeline.data.layout import SPLITS, Subset
 
 META_COLUMNS = ("vid", "uid", "s_min", "s_sec", "a_obj", "split", "label")
 PALETTE_SIZE = 71  # the release's classes, background included
@@ -30,7 +32,7 @@ FIX_LABELS = (
 Colour = tuple[int, int, int]
 
 
-def meta_csv(root: Path) -> Path:
+def meta_csv(root: Path, subset: Subset | None = None) -> Path:
     """The release's one metadata CSV, every subset in it."""
     return Path(root) / "metadata.csv"
 
@@ -107,8 +109,8 @@ def background_colour(root: Path) -> Colour:
 
 def read_meta(root: Path, subset: Subset) -> list[MetaRow]:
     """The rows of metadata.csv whose `label` is the subset (uid as the name, a_obj as category, '' -> None)."""
-    if subset not in SEMANTIC_SUBSETS:
-        raise DataError(f"{subset!r} is not a subset of the AVSBench-semantic release {SEMANTIC_SUBSETS}")
+    if subset not in SUBSETS:
+        raise DataError(f"{subset!r} is not a subset of the AVSBench-semantic release {tuple(SUBSETS)}")
     path = meta_csv(root)
     rows = read_meta_csv(path, "AVSBench-semantic")
     header = [h.strip() for h in rows[0]]

@@ -1,6 +1,7 @@
 """Synthetic AVSBench trees: coloured shapes on textured frames, whose sounds decide the masks.
 
-Every path comes from `layout` (object release: s4, ms3) or `semantic` (semantic release: v1s, v1m, v2), so
+The videos are planned here for any subset; each release's module writes them in its layout (its
+`write_synthetic` in the release registry: `write_object_videos` and `write_semantic_videos` below), so
 `read_clips` reads the tree back exactly like the official one. v1s / v1m hold the same content as s4 / ms3
 for the same seed (frames as JPEG, masks in palette colours, one per class), so the two layouts can be
 compared; v2 is ms3-like content over ten frames. The truth (classes, which objects sound in which frame)
@@ -22,8 +23,9 @@ import soundfile as sf
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.data import layout, semantic
+from pipeline.data import layout
 from pipeline.data.layout import FRAMES_PER_VIDEO, SPLITS, WAV_RATE, Subset
+from pipeline.data.releases import release_of, subset_info
 
 MANIFEST = "synth_manifest.json"
 Shape = Literal["disc", "square", "triangle", "ring", "diamond", "cross"]
@@ -32,10 +34,6 @@ Sound = Literal["tone", "harmonic", "am", "noise"]
 # YouTube ids: 11 characters of the URL-safe base64 alphabet.
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 ID_LENGTH = 11
-# Keeps the subsets' random streams apart for one seed; v1s / v1m share s4's / ms3's, so their content is equal.
-_SUBSET_STREAM = {"s4": 4, "ms3": 3, "v1s": 4, "v1m": 3, "v2": 2}
-SINGLE_SOURCE: tuple[Subset, ...] = ("s4", "v1s")  # one sounding object per video; the others are MS3-like
-JPEG_QUALITY = 95  # semantic-release frames
 
 
 class ClassSpec(BaseModel):
@@ -234,7 +232,8 @@ def _ms3_sounding(rng: np.random.Generator, n_obj: int, spec: SynthSpec) -> tupl
 
 def plan_videos(subset: Subset, videos: int, seed: int, spec: SynthSpec) -> list[VideoPlan]:
     """Names, splits, classes, sounding sets and edge cases of every video."""
-    rng = np.random.default_rng([seed, _SUBSET_STREAM[subset]])
+    # The subsets' random streams stay apart for one seed; v1s / v1m share s4's / ms3's (equal content).
+    rng = np.random.default_rng([seed, subset_info(subset).synth_stream])
     n_cls, n_frames = len(spec.classes), layout.frames_per_video(subset)
     # S4 categories round-robin, then shuffled: every class appears once videos >= len(classes).
     s4_cats = rng.permutation(np.arange(videos) % n_cls)
@@ -244,7 +243,7 @@ def plan_videos(subset: Subset, videos: int, seed: int, spec: SynthSpec) -> list
             name = _video_id(rng, _edge("dash", split, pos, count), taken)
             taken.add(name)
             seconds = spec.short_seconds if _edge("short", split, pos, count) else float(n_frames)
-            if subset in SINGLE_SOURCE:
+            if subset_info(subset).single_source:
                 objects: tuple[int, ...] = (int(s4_cats[index]),)
                 sounding = [(0,)] * n_frames
             else:
@@ -402,7 +401,7 @@ def synth_audio(rng: np.random.Generator, plan: VideoPlan, spec: SynthSpec) -> n
 # ---------------------------------------------------------------- writing
 
 
-def _png(path: Path, array: np.ndarray) -> None:
+def write_png(path: Path, array: np.ndarray) -> None:
     """Write one PNG (uint8 HxW -> 'L', HxWx3 -> 'RGB'), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, format="PNG", compress_level=1)  # zlib level 1: 5x faster, same pixels
@@ -415,14 +414,14 @@ def _category(subset: Subset, plan: VideoPlan, spec: SynthSpec) -> str | None:
 
 def _write_video(root: Path, subset: Subset, plan: VideoPlan, seed: int, spec: SynthSpec) -> None:
     """Frames, masks of the annotated frames, and the WAV of one video."""
-    rng = np.random.default_rng([seed, _SUBSET_STREAM[subset], plan.index])
+    rng = np.random.default_rng([seed, subset_info(subset).synth_stream, plan.index])
     cat = _category(subset, plan, spec)
     frames, masks = render_video(rng, plan, spec)
     annotated = layout.annotated_frames(subset, plan.split)
     for k in range(1, FRAMES_PER_VIDEO + 1):
-        _png(layout.frame_path(root, subset, plan.split, plan.name, cat, k), frames[k - 1])
+        write_png(layout.frame_path(root, subset, plan.split, plan.name, cat, k), frames[k - 1])
         if k in annotated:
-            _png(layout.mask_path(root, subset, plan.split, plan.name, cat, k), masks[k - 1])
+            write_png(layout.mask_path(root, subset, plan.split, plan.name, cat, k), masks[k - 1])
     wav = layout.audio_path(root, subset, plan.split, plan.name, cat)
     wav.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(wav), synth_audio(rng, plan, spec), WAV_RATE, subtype="PCM_16", format="WAV")
@@ -430,11 +429,11 @@ def _write_video(root: Path, subset: Subset, plan: VideoPlan, seed: int, spec: S
 
 def _write_csv(root: Path, subset: Subset, plans: list[VideoPlan], spec: SynthSpec) -> None:
     """The subset's metadata CSV in the official column order."""
-    path = layout.meta_csv(root, subset)
+    path = layout.object_meta_csv(root, subset)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(layout.CSV_HEADER[subset])
+        w.writerow(layout.CSV_HEADER["s4" if subset == "s4" else "ms3"])  # every other subset is MS3-like
         for p in plans:
             w.writerow(
                 [p.name, 0, _category(subset, p, spec), p.split] if subset == "s4" else [p.name, p.split]
@@ -473,7 +472,7 @@ def _write_manifest(root: Path, subset: Subset, entry: dict) -> None:
 
 def _clear_subset(root: Path, subset: Subset) -> None:
     """Remove a previous synthetic copy of this subset; refuse to touch a tree we did not write."""
-    csv_path, data = layout.meta_csv(root, subset), layout.data_dir(root, subset)
+    csv_path, data = layout.object_meta_csv(root, subset), layout.data_dir(root, subset)
     if not csv_path.exists() and not data.exists():
         return
     if subset not in read_manifest(root):
@@ -486,121 +485,27 @@ def _clear_subset(root: Path, subset: Subset) -> None:
         shutil.rmtree(data)  # stale videos of an earlier seed would otherwise linger
 
 
-# ---------------------------------------------------------------- the semantic release's layout
-
-
-def label_table(spec: SynthSpec) -> dict[str, int]:
-    """label2idx.json of a synthetic tree: background 0 (black), then the classes in order."""
-    return {semantic.BACKGROUND: 0, **{c.name: i + 1 for i, c in enumerate(spec.classes)}}
-
-
-def semantic_uid(plan: VideoPlan) -> str:
-    """The release's folder name: the video id, then start and end in ms."""
-    return f"{plan.name}_0_{len(plan.sounding) * 1000}"
-
-
-def _write_semantic_video(
-    root: Path, subset: Subset, plan: VideoPlan, seed: int, spec: SynthSpec, table: dict[str, int]
+def write_object_videos(
+    root: Path, subset: Subset, plans: list[VideoPlan], seed: int, spec: SynthSpec
 ) -> None:
-    """JPEG frames, colour masks of the annotated frames (palette colour per class) and audio.wav."""
-    rng = np.random.default_rng([seed, _SUBSET_STREAM[subset], plan.index])
-    uid = semantic_uid(plan)
-    frames, labels = render_video_labels(rng, plan, spec)
-    colours = semantic.palette()
-    lut = colours[[table[c.name] for c in spec.classes]]  # class index -> RGB
-    background = colours[table[semantic.BACKGROUND]]
-    annotated = layout.annotated_frames(subset, plan.split)
-    for k in range(1, len(frames) + 1):
-        path = semantic.frame_path(root, subset, uid, k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frames[k - 1]).save(path, format="JPEG", quality=JPEG_QUALITY)
-        if k in annotated:
-            lab = labels[k - 1]
-            _png(
-                semantic.mask_path(root, subset, uid, k), np.where(lab[..., None] >= 0, lut[lab], background)
-            )
-    wav = semantic.audio_path(root, subset, uid)
-    sf.write(str(wav), synth_audio(rng, plan, spec), WAV_RATE, subtype="PCM_16", format="WAV")
-
-
-def _semantic_rows(root: Path) -> list[list[str]]:
-    """Data rows of an existing metadata.csv (in its columns' order), [] when there is none."""
-    path = semantic.meta_csv(root)
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if not rows or [h.strip() for h in rows[0]] != list(semantic.META_COLUMNS):
-        raise FileExistsError(
-            f"{path}: exists with other columns than {semantic.META_COLUMNS}; refusing to edit"
-        )
-    return [r for r in rows[1:] if any(c.strip() for c in r)]
-
-
-def audible_objects(plan: VideoPlan, subset: Subset, spec: SynthSpec) -> str:
-    """a_obj of a video: v1s, its S4 category; v1m / v2, the object names of the classes that sound in it, '_'-joined
-    in object order (as the release lists MS3 objects, `man_guitar`)."""
-    if subset in SINGLE_SOURCE:
-        return spec.classes[plan.objects[0]].name
-    heard = {j for s in plan.sounding for j in s} or set(range(len(plan.objects)))
-    names = [spec.classes[plan.objects[j]] for j in sorted(heard)]
-    return "_".join(dict.fromkeys(c.object_name or c.name for c in names))
-
-
-def _write_semantic_meta(root: Path, subset: Subset, plans: list[VideoPlan], spec: SynthSpec) -> None:
-    """metadata.csv: the other subsets' rows kept, this subset's replaced."""
-    label = semantic.META_COLUMNS.index("label")
-    rows = [r for r in _semantic_rows(root) if r[label] != subset]
-    for p in plans:
-        rows.append([p.name, semantic_uid(p), "0", "0", audible_objects(p, subset, spec), p.split, subset])
-    with semantic.meta_csv(root).open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(semantic.META_COLUMNS)
-        w.writerows(rows)
-
-
-def _clear_semantic_subset(root: Path, subset: Subset) -> None:
-    """Remove a previous synthetic copy of this subset; refuse to touch a release we did not write."""
-    label = semantic.META_COLUMNS.index("label")
-    folder = root / subset
-    ours = subset in read_manifest(root)
-    if not ours and (folder.exists() or any(r[label] == subset for r in _semantic_rows(root))):
-        raise FileExistsError(f"{folder}: exists and is not a synthetic {subset} tree; refusing to overwrite")
-    labels = semantic.label2idx_path(root)
-    if labels.exists() and not any(s in read_manifest(root) for s in layout.SEMANTIC_SUBSETS):
-        raise FileExistsError(f"{labels}: exists and was not written by av2t synth; refusing to overwrite")
-    if folder.exists():
-        shutil.rmtree(folder)
-
-
-def _write_semantic(root: Path, subset: Subset, plans: list[VideoPlan], seed: int, spec: SynthSpec) -> None:
-    """The subset in the semantic release's layout, with label2idx.json."""
-    _clear_semantic_subset(root, subset)
-    table = label_table(spec)
-    semantic.label2idx_path(root).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    """The subset in the AVSBench v1 (object) release's layout, with its metadata CSV."""
+    _clear_subset(root, subset)
     for plan in plans:
-        _write_semantic_video(root, subset, plan, seed, spec, table)
-    _write_semantic_meta(root, subset, plans, spec)
+        _write_video(root, subset, plan, seed, spec)
+    _write_csv(root, subset, plans, spec)
 
 
 def write_synthetic(
     out: str | Path, subset: Subset, videos: int = 24, seed: int = 0, spec: SynthSpec | None = None
 ) -> dict[str, int]:
     """Write a synthetic AVSBench tree, in the layout of the subset's release; returns videos per split."""
-    if subset not in _SUBSET_STREAM:
-        raise ValueError(f"unknown subset {subset!r}; expected one of {layout.SUBSETS}")
+    release = release_of(subset)  # an unknown subset is refused here, before anything is written
     if seed < 0:  # numpy's SeedSequence takes non-negative entropy only
         raise ValueError(f"seed must be >= 0, got {seed}")
     spec = spec or SynthSpec()
     root = Path(out)
     plans = plan_videos(subset, videos, seed, spec)  # validates `videos` before anything is touched
     root.mkdir(parents=True, exist_ok=True)
-    if layout.data_layout(subset) == "avsbench-semantic":
-        _write_semantic(root, subset, plans, seed, spec)
-    else:
-        _clear_subset(root, subset)
-        for plan in plans:
-            _write_video(root, subset, plan, seed, spec)
-        _write_csv(root, subset, plans, spec)
+    release.write_synthetic(root, subset, plans, seed, spec)
     _write_manifest(root, subset, _manifest_entry(plans, seed, spec))
     return split_counts(videos, spec)
