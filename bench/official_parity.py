@@ -23,13 +23,13 @@ from pathlib import Path
 if not __package__:  # run as `python bench/official_parity.py`: import from the repo root, as `-m` does
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench import common  # noqa: E402
-from pipeline.model import av2t_sam  # noqa: E402
-from pipeline.official import from_reference_state  # noqa: E402
-from pipeline.official.listing import listing_path, random_state  # noqa: E402
+from bench import common
+from pipeline.model import av2t_sam
+from pipeline.official import from_reference_state
+from pipeline.official.listing import listing_path, random_state
 
 # the parity test's inputs and golden logits, shared with tests/test_official*.py
 PARITY = common.test_helper("official_inputs")
