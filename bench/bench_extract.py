@@ -1,7 +1,7 @@
 """Extraction benchmark: frames/s of the extract stage vs the bare encoder forward (the ceiling), side by side.
 
-Run: python bench/bench_extract.py [--videos 24] [--preset tiny|paper] [--device cpu|cuda] [--threads 1]
-     python bench/bench_extract.py --preset paper --random-weights --device cuda   (paper sizes on a GPU)
+Run: python -m bench.bench_extract [--videos 24] [--preset tiny|paper] [--device cpu|cuda] [--threads 1]
+     python -m bench.bench_extract --preset paper --random-weights --device cuda   (paper sizes on a GPU)
 
 Per encoder, in one run, after a warm-up of each: the stage for that encoder alone (decode PNG/WAV ahead in
 threads, uint8 to the device, preprocessing and forward there, cast to the storage dtype there, copy back,
@@ -16,7 +16,6 @@ forward one core and the pipeline's threads the others, as a GPU leaves the host
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -26,12 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as `python bench/bench_extract.py`: import from the repo root, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipeline.data.synth import write_synthetic  # noqa: E402
-from pipeline.model.precision import autocast  # noqa: E402
-from pipeline.settings import encoder_batch_size  # noqa: E402
-from stages.extract import (  # noqa: E402
+from bench import common
+from pipeline.data.synth import write_synthetic
+from pipeline.model.precision import autocast
+from pipeline.settings import encoder_batch_size
+from stages.extract import (
     ExtractConfig,
     InputCache,
     Timings,
@@ -100,26 +101,26 @@ def breakdown(t: Timings, seconds: float) -> str:
     return ", ".join(f"{k} {v / seconds:.0%}" for k, v in sorted(t.seconds.items(), key=lambda kv: -kv[1]))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Print the stage/forward table and where the stage's time goes."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__, "repeats", "batch_size", "device", threads=1, repeats=5, device="cpu")
     ap.add_argument("--videos", type=int, default=24)
     ap.add_argument("--subset", default="ms3", choices=["s4", "ms3"])
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--batch-size", type=int, default=None, help="every encoder (default: the preset's)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the forward (0: leave as is)")
-    ap.add_argument("--repeat", type=int, default=5, help="timed runs of each; the best is kept")
     ap.add_argument("--encoders", nargs="+", default=["clip", "sam2", "beit3", "clap"])
     ap.add_argument(
         "--random-weights",
         action="store_true",
         help="build every encoder with seeded random weights (the paper preset's sizes without its files)",
     )
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    a = common.parse(ap, argv)  # --batch-size: every encoder's (default: the preset's)
+    with common.Figures(a.json) as out:
+        measure(a, out)
+
+
+def measure(a, out: common.Figures) -> None:
+    """Per encoder, then the frame encoders together: stage vs forward."""
     tmp = Path(tempfile.mkdtemp(prefix="av2t-bench-extract-"))
     try:
         write_synthetic(tmp / "data", a.subset, videos=a.videos, seed=0)
@@ -135,7 +136,7 @@ def main() -> None:
         )
         print(
             f"{a.subset}, {a.videos} videos, preset {a.preset}, device {a.device}, precision "
-            f"{compute_precision(base)}, torch threads {torch.get_num_threads()}, best of {a.repeat} after a "
+            f"{compute_precision(base)}, torch threads {torch.get_num_threads()}, best of {a.repeats} after a "
             "warm-up\n"
             "forward: from uint8 frames on the device (its resize + normalisation + model: the device's whole "
             "job); model: the model alone on preprocessed inputs. stage: the extract stage's work, decode to "
@@ -155,6 +156,15 @@ def main() -> None:
                 shutil.rmtree(tmp / f"s{runs}.zarr", ignore_errors=True)
 
         def row(label: str, rows: int, stage: float, fwd: float, model: float) -> None:
+            out.add(
+                label,
+                {
+                    "rows": rows,
+                    "stage fr/s": rows / stage,
+                    "forward fr/s": rows / fwd,
+                    "model fr/s": rows / model,
+                },
+            )
             print(
                 f"{label:<16}{rows:>6}{rows / stage:>12.1f}{rows / fwd:>14.1f}{fwd / stage:>15.2f}"
                 f"{rows / model:>12.1f}{model / stage:>13.2f}"
@@ -169,7 +179,7 @@ def main() -> None:
             cfg = base.model_copy(update={"encoders": [name]})
             batches = host_inputs(cfg, name)
             best = None
-            for i in range(a.repeat + 1):
+            for i in range(a.repeats + 1):
                 f, rows = time_forward(cfg, name, batches, True)
                 m, _ = time_forward(cfg, name, batches, False)
                 got = stage_run([name])
@@ -183,7 +193,7 @@ def main() -> None:
         frames = [n for n in a.encoders if cfg_encoder(base, n).input == "frames"]
         if len(frames) > 1:
             best = None
-            for i in range(a.repeat + 1):
+            for i in range(a.repeats + 1):
                 got = stage_run(frames)
                 best = got if i and (best is None or got[1] < best[1]) else best
             setup, stage, _, timings = best

@@ -1,6 +1,6 @@
 """The train stage's reader at paper shapes vs a plain mmap read of the same bytes, side by side in one run.
 
-Run: python bench/bench_feed.py [--rows 128] [--codec zstd] [--epochs 2]
+Run: python -m bench.bench_feed [--rows 128] [--codec zstd] [--epochs 2] [--batch-size 8] [--json]
 
 Writes --rows paper-shaped rows (SAM 2 embedding, both high-res levels after conv, BEiT-3 patches, CLIP,
 CLAP, GT mask; float16) through the cache API (default codec unless --codec), saves the same arrays as
@@ -12,33 +12,26 @@ and each reader's ratio to the plain read.
 
 from __future__ import annotations
 
-import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+if not __package__:  # run as `python bench/bench_feed.py`: import from the repo root, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import numpy as np
 
+from bench import common
 from cache import ArraySpec, FeatureStore, SplitIndex
 from cache.batches import FeatureBatches, Source, prefetch
 from cache.feed import open_reader
 from cache.store import CODECS
 
-PAPER = {
-    "image_embed": ((256, 64, 64), "float16"),
-    "high_res_0": ((32, 256, 256), "float16"),
-    "high_res_1": ((64, 128, 128), "float16"),
-    "patches": ((197, 1024), "float16"),
-    "clip": ((512,), "float16"),
-    "clap": ((512,), "float16"),
-    "mask": ((224, 224), "uint8"),
-}
 
-
-def fake_rows(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+def fake_rows(shape: tuple[int, ...], dtype: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """Feature-like float16 (normal, per-channel scale: compresses like real features, ~10%), binary masks."""
-    shape, dtype = PAPER[name]
     if dtype == "uint8":
         return (rng.random((n, *shape)) < 0.3).astype(np.uint8)
     scale = rng.lognormal(0, 0.5, (1, shape[0]) + (1,) * (len(shape) - 1)).astype(np.float32)
@@ -48,27 +41,28 @@ def fake_rows(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
 def write(
     tmp: Path, n: int, codec: str | None, block_rows: int
 ) -> tuple[str, dict[str, Source], dict[str, Path]]:
-    """The store (through the cache API) and one .npy per array holding the same bytes."""
+    """The store of every paper-shaped array (through the cache API) and one .npy per array, same bytes."""
+    paper = common.paper_shapes()
     url = str(tmp / "store.zarr")
     index = SplitIndex.from_rows([(f"v{i // 5:04d}", i % 5 + 1, "c", True) for i in range(n)])
     g = FeatureStore(url, mode="w").require_split("s4", "train", index, block_rows)
     specs = {
         k: (ArraySpec(s, d) if codec is None or d != "float16" else ArraySpec(s, d, codec))
-        for k, (s, d) in PAPER.items()
+        for k, (s, d) in paper.items()
     }
     enc = g.require_encoder("bench", {"codec": codec or "default"}, specs)
     rng = np.random.default_rng(0)
-    mms = {k: np.lib.format.open_memmap(tmp / f"{k}.npy", "w+", d, (n, *s)) for k, (s, d) in PAPER.items()}
+    mms = {k: np.lib.format.open_memmap(tmp / f"{k}.npy", "w+", d, (n, *s)) for k, (s, d) in paper.items()}
     for b in range(g.n_blocks):
         sl = g.block_slice(b)
-        data = {k: fake_rows(k, sl.stop - sl.start, rng) for k in PAPER}
+        data = {k: fake_rows(s, d, sl.stop - sl.start, rng) for k, (s, d) in paper.items()}
         enc.write_block(b, data)
         for k, x in data.items():
             mms[k][sl] = x
     for m in mms.values():
         m.flush()
     del mms
-    return url, {k: Source(enc.key, k) for k in PAPER}, {k: tmp / f"{k}.npy" for k in PAPER}
+    return url, {k: Source(enc.key, k) for k in paper}, {k: tmp / f"{k}.npy" for k in paper}
 
 
 def warm(paths: list[Path]) -> None:
@@ -79,20 +73,24 @@ def warm(paths: list[Path]) -> None:
                 pass
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Print MiB/s of each reader and its ratio to the plain mmap read."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__, "repeats", "batch_size", repeats=3, batch_size=8)
     ap.add_argument("--rows", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--block-rows", type=int, default=32)
     ap.add_argument(
         "--codec", choices=sorted(CODECS), default=None, help="float arrays (default: ArraySpec's)"
     )
-    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--reader-threads", type=int, default=4, help="the reader's decode threads")
     ap.add_argument("--window", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args()
+    a = common.parse(ap, argv)
+    with common.Figures(a.json) as out:
+        measure(a, out)
+
+
+def measure(a, out: common.Figures) -> None:
+    """Write the rows, then time every reader side by side."""
     tmp = Path(tempfile.mkdtemp(prefix="av2t-feed-"))
     try:
         t = time.perf_counter()
@@ -104,12 +102,18 @@ def main() -> None:
         print(
             f"{a.rows} paper-shaped rows ({raw / a.rows / 2**20:.2f} MiB/row, {raw / 2**30:.2f} GiB), float codec "
             f"{codec}: stored {stored / 2**30:.2f} GiB ({1 - stored / raw:.1%} saved), written in "
-            f"{time.perf_counter() - t:.0f} s; batches of {a.batch}, {a.epochs} shuffled epochs\n"
+            f"{time.perf_counter() - t:.0f} s; batches of {a.batch_size}, {a.epochs} shuffled epochs\n"
         )
         warm(list(npys.values()) + [p for p in Path(url).rglob("*") if p.is_file()])
         mib = a.epochs * raw / 2**20
 
-        kw = {"batch_size": a.batch, "shuffle": True, "seed": 0, "window": a.window, "threads": a.threads}
+        kw = {
+            "batch_size": a.batch_size,
+            "shuffle": True,
+            "seed": 0,
+            "window": a.window,
+            "threads": a.reader_threads,
+        }
         streaming = open_reader(url, "s4", "train", srcs, mode="streaming", **kw)
         # The same batches for every side: the reader's order.
         orders = []
@@ -134,7 +138,7 @@ def main() -> None:
         def best(name: str, seconds: float) -> None:
             results[name] = min(results.get(name, float("inf")), seconds)
 
-        old = FeatureBatches(url, "s4", "train", srcs, batch_size=a.batch, shuffle=True, seed=0)
+        old = FeatureBatches(url, "s4", "train", srcs, batch_size=a.batch_size, shuffle=True, seed=0)
         load = float("inf")
         for _ in range(a.repeats):  # sides interleaved, best of repeats: the machine may be shared
             t = time.perf_counter()
@@ -142,7 +146,7 @@ def main() -> None:
             best("plain np.load(mmap) fancy index", time.perf_counter() - t)
             t = time.perf_counter()
             reader(streaming)
-            best(f"open_reader streaming ({a.threads} threads)", time.perf_counter() - t)
+            best(f"open_reader streaming ({a.reader_threads} threads)", time.perf_counter() - t)
             t = time.perf_counter()
             resident = open_reader(url, "s4", "train", srcs, mode="resident", **kw)
             opened = time.perf_counter() - t
@@ -158,6 +162,8 @@ def main() -> None:
             best("FeatureBatches (before)", time.perf_counter() - t)
         resident = open_reader(url, "s4", "train", srcs, **kw)
         base = results["plain np.load(mmap) fancy index"]
+        out.add("seconds", results)
+        out.add("MiB/s", {name: mib / s for name, s in results.items()})
         print(f"{'reader':<40}{'seconds':>9}{'MiB/s':>9}{'vs plain':>10}")
         for name, s in results.items():
             print(f"{name:<40}{s:>9.2f}{mib / s:>9.0f}{base / s:>10.2f}")

@@ -17,20 +17,25 @@ answer (`--subset v1m` draws partners by the release's object lists, as AVSBench
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+if not __package__:  # run as `python bench/bench_negatives.py`: import from the repo root, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
 import pandas as pd
 import torch
 
+from bench import common
 from cache import FeatureStore
 from cache.batches import FeatureBatches, sources, video_outputs
 from cache.negative_batches import CLAP, read_clap_rows
 from cache.negatives import read_negative_clap
 from pipeline.data import semantic
 from pipeline.data.layout import data_layout
-from pipeline.data.synth import read_manifest, write_synthetic
+from pipeline.data.synth import read_manifest
 from pipeline.metrics import MetricAccumulator
 from pipeline.model import head_config
 from pipeline.model.build import build_model, frozen_encoders
@@ -42,9 +47,8 @@ from pipeline.negatives import (
     foreground_fraction,
     offscreen_partners,
 )
-from pipeline.settings import ExtractConfig, TrainConfig, preset_optim
+from pipeline.settings import TrainConfig, preset_optim
 from stages.evaluate import partner_rows
-from stages.extract import extract
 from stages.train import sweep
 
 ENCODERS = ("clip", "clap", "sam2", "beit3", "gt")
@@ -123,9 +127,9 @@ def sound_on_screen(index, truth: dict, row: int, partner: int) -> bool:
     return bool({other["objects"][j] for j in sounding} & set(own["objects"]))
 
 
-def main() -> None:
-    """Synthesise, extract, train both heads in one sweep, score them on test, print the table."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; 0 when the bar is met, else 1."""
+    ap = common.parser(__doc__, "batch_size", batch_size=8)
     ap.add_argument(
         "--subset",
         default="ms3",
@@ -135,7 +139,6 @@ def main() -> None:
     )
     ap.add_argument("--videos", type=int, default=60)
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=None, help="default: the tiny preset's")
     ap.add_argument("--negatives", type=float, default=0.25, help="share of negative rows of the second head")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data, the shuffling and the negatives")
@@ -144,28 +147,25 @@ def main() -> None:
         action="store_true",
         help="both heads with adapters (the fused feature enters SAM 2's trunk)",
     )
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-neg"))
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = common.parse(ap, argv)
+    with common.Figures(args.json) as figures:
+        passed = run(args, figures)
+    return common.exit_code(passed, "the negatives bar (see the last line)")
 
+
+def run(args: argparse.Namespace, figures: common.Figures) -> bool:
+    """Synthesise, extract, train both heads in one sweep, score them on test, print the table; the bar."""
     out, subset = args.out, args.subset
-    root, store = out / "data", str(out / f"{subset}.zarr")
     t = time.perf_counter()
-    write_synthetic(root, subset, videos=args.videos, seed=args.seed)
-    splits = ["train", "val", "test"]
-    extract(
-        ExtractConfig(
-            root=root,
-            subset=subset,
-            splits=splits,
-            store=store,
-            device="cpu",
-            negatives=True,
-            overrides={"sam2": {"trunk_block": 0}} if args.adapters else {},
-        ),  # fmt: skip
-        progress=False,
+    root, store = common.synthetic_store(
+        out,
+        subset,
+        args.videos,
+        seed=args.seed,
+        splits=["train", "val", "test"],
+        negatives=True,
+        overrides={"sam2": {"trunk_block": 0}} if args.adapters else {},
     )
     extracted = time.perf_counter() - t
 
@@ -201,6 +201,7 @@ def main() -> None:
         f"extract {extracted:.0f} s, train {trained:.0f} s; test split:\n"
     )
     print(table.to_markdown(floatfmt=".4f"))
+    figures.add("test", scores)
     fpr = {c: (scores["with"][f"FPR {c}"], scores["without"][f"FPR {c}"]) for c in ("silence", "offscreen")}
     # A head without negatives that never fires gives nothing to halve: that is no pass.
     passed = all(wo > 0 and w <= MAX_FPR_RATIO * wo for w, wo in fpr.values())
@@ -209,7 +210,8 @@ def main() -> None:
         f"\nbar: FPR silence and offscreen <= {MAX_FPR_RATIO} x without: {'yes' if passed else 'no'}; "
         f"M_J at most {MAX_MJ_DROP} below: {'yes' if drop <= MAX_MJ_DROP else 'no'} (without - with = {drop:+.4f})"
     )
+    return figures.add("bar met", passed and drop <= MAX_MJ_DROP)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

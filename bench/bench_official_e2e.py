@@ -6,12 +6,11 @@ ViT-B/32), the CLIP and MS-CLAP encoders random too (their files are not needed)
 end on a synthetic S4 tree (frames and audio decoded, every encoder and the head run), and frames/s.
 On a GPU this is the issue's measurement; on a CPU it shows the path runs at full size.
 
-usage: python bench/bench_official_e2e.py [--videos 4] [--device cuda] [--no-adapters] [--work DIR]
+usage: python -m bench.bench_official_e2e [--videos 4] [--device cuda] [--no-adapters] [--work DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -19,16 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
+if not __package__:  # run as `python bench/bench_official_e2e.py`: import from the repo root, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.config import encoder_config, preset_dir  # noqa: E402
-from pipeline.data.synth import SynthSpec, write_synthetic  # noqa: E402
-from pipeline.official.listing import listing_path, random_state  # noqa: E402
-from stages.evaluate import EvalConfig, evaluate  # noqa: E402
-from stages.official import import_reference  # noqa: E402
+from bench import common
+from pipeline.config import encoder_config, preset_dir
+from pipeline.data.synth import SynthSpec, write_synthetic
+from pipeline.official.listing import listing_path, random_state
+from stages.evaluate import EvalConfig, evaluate
+from stages.official import import_reference
 
 
 def random_encoders_preset(out: Path) -> Path:
@@ -41,13 +41,19 @@ def random_encoders_preset(out: Path) -> Path:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--videos", type=int, default=4, help="synthetic videos, ~45% of them in the test split")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def main(argv: list[str] | None = None) -> None:
+    """Import the reference file, evaluate end to end, print the times."""
+    p = common.parser(__doc__.split("\n")[0], "device", device="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--videos", type=int, default=4, help="synthetic videos, ~45%% of them in the test split")
     p.add_argument("--no-adapters", action="store_true")
     p.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
-    a = p.parse_args()
+    a = common.parse(p, argv)
+    with common.Figures(a.json) as out:
+        measure(a, out)
+
+
+def measure(a, out: common.Figures) -> None:
+    """Write and import the reference file, then the end-to-end evaluation."""
     work = a.work or Path(tempfile.mkdtemp(prefix="av2t-official-"))
     try:
         root = work / "data"
@@ -75,6 +81,9 @@ def main() -> None:
         report = evaluate(cfg)
         seconds = time.perf_counter() - t
         frames = report["frames"]
+        out.add("import seconds", t_import)
+        out.add("frames/s", frames / seconds)
+        out.add("report", {"frames": frames, "M_J": report["M_J"], "M_F": report["M_F"]})
         print(f"paper-official, full size, {'no ' if a.no_adapters else ''}adapters, device {a.device}")
         print(f"reference file written + imported: {t_import:.1f} s")
         print(

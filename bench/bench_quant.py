@@ -13,7 +13,6 @@ quantising at inference only). The goal: half the bytes, |delta M_J| <= 0.01.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
@@ -21,26 +20,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+if not __package__:  # run as `python bench/bench_quant.py`: import from the repo root, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+
+from bench import common
 from pipeline.data.synth import write_synthetic
-from pipeline.encoders import sam2_image as S
 from pipeline.settings import ExtractConfig, OptimConfig, TrainConfig
 from stages.evaluate import EvalConfig, evaluate
 from stages.extract import extract
 from stages.train import train
 
-PRESETS = Path(__file__).resolve().parents[1] / "pipeline" / "presets"
 # S4 rows the train stage reads per epoch (shared/PERFORMANCE.md): train = frame 1 of each video.
 S4_ROWS = {"train": 3452, "val": 3700}
 GOAL_RATIO, GOAL_DELTA = 0.5, 0.01
-
-
-def sam2_shapes(preset: str, highres: str, trunk_block: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Per-frame SAM 2 output shapes of a preset's encoder, built on meta (no weights, no memory)."""
-    base = json.loads((PRESETS / preset / "sam2.json").read_text())
-    cfg = S.Config(**{**base, "highres": highres, "trunk_block": trunk_block, "weights": None})
-    return S.Sam2ImageEncoder(S.build_sam(cfg, empty=True), cfg).output_shapes()
 
 
 def row_bytes(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -66,18 +59,22 @@ def bytes_table(title: str, shapes: dict[str, tuple[int, ...]]) -> tuple[int, in
     return tf, tq
 
 
-def part_bytes() -> None:
+def part_bytes(out: common.Figures) -> None:
     """(a): bytes per frame at the tiny and paper shapes, and S4 totals of the before-conv variant."""
     print("== (a) bytes per frame, SAM 2 arrays (shapes from the encoder classes, parameters on meta) ==")
     for preset in ("tiny", "paper"):
         for hr in ("after_conv", "before_conv"):
-            bytes_table(f"{preset} preset, highres={hr}", sam2_shapes(preset, hr))
-    shapes = sam2_shapes("paper", "after_conv", 44)
-    bytes_table(
-        "paper preset, adapters from trunk block 44 (after_conv levels + trunk_in + stage_out_*)", shapes
+            title = f"{preset} preset, highres={hr}"
+            out.add(title, bytes_table(title, common.sam2_shapes(preset, hr)))
+    shapes = common.sam2_shapes("paper", "after_conv", 44)
+    out.add(
+        "paper preset, adapters from trunk block 44",
+        bytes_table(
+            "paper preset, adapters from trunk block 44 (after_conv levels + trunk_in + stage_out_*)", shapes
+        ),
     )
     tf = tq = 0
-    for shape in sam2_shapes("paper", "before_conv").values():
+    for shape in common.sam2_shapes("paper", "before_conv").values():
         f, q = row_bytes(shape)
         tf, tq = tf + f, tq + q
     print(
@@ -146,7 +143,7 @@ def run_subset(subset: str, work: Path, args: argparse.Namespace) -> dict[str, f
     return out
 
 
-def part_accuracy(args: argparse.Namespace) -> list[str]:
+def part_accuracy(args: argparse.Namespace, out: common.Figures) -> list[str]:
     """(b): the table; returns the subsets missing the goal."""
     print(
         f"\n== (b) M_J / M_F on synthetic sets: {args.videos} videos, tiny preset, seed {args.seed}, "
@@ -156,6 +153,7 @@ def part_accuracy(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
         for subset in args.subsets:
             results[subset] = run_subset(subset, Path(tmp), args)
+    out.add("accuracy", results)
     print(
         f"\n{'subset':<6} {'sam2 bytes':>10} {'M_J fp16':>9} {'M_J int8':>9} {'delta':>8} {'M_F fp16':>9} "
         f"{'M_F int8':>9} {'delta':>8} | fp16 head on int8 store: {'M_J':>7} {'delta':>8}"
@@ -176,30 +174,30 @@ def part_accuracy(args: argparse.Namespace) -> list[str]:
     return missed
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    """Both parts; 1 when the goal is missed on a subset."""
+    # the same --threads for every run: identical features
+    p = common.parser(__doc__.splitlines()[0], "batch_size", threads=2, batch_size=4)
     p.add_argument("--videos", type=int, default=24, help="synthetic videos per subset")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (same count: identical features)")
     p.add_argument("--subsets", nargs="+", default=["s4", "ms3"], choices=["s4", "ms3"])
     p.add_argument("--skip-accuracy", action="store_true", help="only the bytes tables")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse(p, argv)
     opts = [
         *("--videos", str(args.videos), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)),
         *("--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads)),
         *("--subsets", *args.subsets),
         *(["--skip-accuracy"] if args.skip_accuracy else []),
     ]
-    print("reproduce: python bench/bench_quant.py " + shlex.join(opts))
     t0 = time.perf_counter()
-    part_bytes()
-    missed = [] if args.skip_accuracy else part_accuracy(args)
-    print(f"\n{time.perf_counter() - t0:.0f} s")
-    return 1 if missed else 0
+    with common.Figures(args.json) as out:
+        print("reproduce: python -m bench.bench_quant " + shlex.join(opts))
+        part_bytes(out)
+        missed = out.add("goal missed on", [] if args.skip_accuracy else part_accuracy(args, out))
+        print(f"\n{time.perf_counter() - t0:.0f} s")
+    return common.exit_code(not missed, f"int8 goal missed on {missed}")
 
 
 if __name__ == "__main__":

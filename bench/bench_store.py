@@ -1,20 +1,24 @@
 """Feature-store benchmark: read throughput of training batches vs a plain read, and bytes/frame per codec.
 
-Run: python bench/bench_store.py [--frames 48] [--batch 8]
+Run: python -m bench.bench_store [--frames 48] [--batch-size 8] [--repeats 3] [--json]
 Everything is measured side by side in one run; compare the ratios, not the absolute numbers.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+if not __package__:  # run as `python bench/bench_store.py`: import from the repo root, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import numpy as np
 import torch
 
+from bench import common
 from cache import ArraySpec, FeatureStore, SplitIndex
 from cache.batches import FeatureBatches, Source
 from cache.feed import open_reader
@@ -80,15 +84,18 @@ def time_plain_epoch(path: Path, n: int, batch: int, seed: int) -> float:
     return time.perf_counter() - t
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Print the read ratio and the bytes-per-frame table."""
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = common.parser(__doc__, "repeats", "batch_size", threads=1, repeats=3, batch_size=8)
     ap.add_argument("--frames", type=int, default=48)
-    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--block-rows", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args()
-    torch.set_num_threads(1)
+    a = common.parse(ap, argv)
+    with common.Figures(a.json) as out:
+        measure(a, out)
+
+
+def measure(a, out: common.Figures) -> None:
+    """Bytes per frame per codec, then shuffled-batch reads of the store vs a plain .npy."""
     x = realistic_maps(a.frames)
     frame_mib = x[0].nbytes / 2**20
     tmp = Path(tempfile.mkdtemp(prefix="av2t-bench-"))
@@ -103,6 +110,7 @@ def main() -> None:
             secs, enc = write_store(url, x, codec, a.block_rows)
             stored = enc.nbytes_stored()
             stores[codec] = (url, enc)
+            out.add(f"{codec} bytes/frame", stored / a.frames)
             print(
                 f"{codec:<24}{stored / a.frames:>14,.0f}{x.nbytes / stored:>8.3f}{x.nbytes / 2**20 / secs:>13.0f}"
             )
@@ -110,18 +118,20 @@ def main() -> None:
         raw = tmp / "plain.npy"
         np.save(raw, x)
         print(
-            f"\nshuffled training batches of {a.batch}, best of {a.repeats} epochs (page cache warm for both):"
+            f"\nshuffled training batches of {a.batch_size}, best of {a.repeats} epochs (page cache warm for both):"
         )
-        plain = min(time_plain_epoch(raw, a.frames, a.batch, s) for s in range(a.repeats))
+        plain = min(time_plain_epoch(raw, a.frames, a.batch_size, s) for s in range(a.repeats))
         mib = x.nbytes / 2**20
-        print(f"{'plain .npy read':<24}{mib / plain:>10.0f} MiB/s")
+        print(f"{'plain .npy read':<24}{out.add('plain MiB/s', mib / plain):>10.0f} MiB/s")
         for codec in ("none", "zstd"):
             url, enc = stores[codec]
-            t = min(time_store_epoch(url, enc, a.batch, s) for s in range(a.repeats))
+            t = min(time_store_epoch(url, enc, a.batch_size, s) for s in range(a.repeats))
+            out.add(f"store {codec} MiB/s", mib / t)
             print(
                 f"{'store, ' + codec:<24}{mib / t:>10.0f} MiB/s   store/plain throughput ratio {plain / t:.2f}"
             )
-            t = min(time_reader_epoch(url, enc, a.batch, s) for s in range(a.repeats))
+            t = min(time_reader_epoch(url, enc, a.batch_size, s) for s in range(a.repeats))
+            out.add(f"open_reader {codec} MiB/s", mib / t)
             print(
                 f"{'open_reader, ' + codec:<24}{mib / t:>10.0f} MiB/s   store/plain throughput ratio {plain / t:.2f}"
             )

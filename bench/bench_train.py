@@ -9,7 +9,6 @@ sweep of 4 heads against 4 separate runs (each its own process, as a user would 
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -18,10 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+if not __package__:  # run as `python bench/bench_train.py`: import from the repo root, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import common
 from cache.batches import prefetch, sources, to_device
 from pipeline.data.clips import read_clips
 from pipeline.data.images import load_frame, load_mask
@@ -162,7 +165,10 @@ def _flops(fn) -> int:
 
 def _sub(args: list[str], threads: int) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, *args, "--threads", str(threads)], capture_output=True, text=True
+        [sys.executable, "-m", "bench.bench_train", *args, "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -191,22 +197,26 @@ def sweep_worker(tmp: Path, names: list[str]) -> dict:
     return {"seconds": time.perf_counter() - t}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Print the epoch table, the ratios and the sweep ratio."""
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = common.parser(__doc__, threads=2)
     ap.add_argument("--videos", type=int, default=24)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--late-block", type=int, default=5, help="first adapted block (tiny Hiera has 6)")
     ap.add_argument("--worker", nargs=3, metavar=("TMP", "MODE", "HEAD_JSON"))
     ap.add_argument("--sweep-worker", nargs=2, metavar=("TMP", "NAMES"))
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    a = common.parse(ap, argv)
     if a.worker:
         print(json.dumps(worker(Path(a.worker[0]), a.worker[1], json.loads(a.worker[2]))))
         return
     if a.sweep_worker:
         print(json.dumps(sweep_worker(Path(a.sweep_worker[0]), a.sweep_worker[1].split(","))))
         return
+    with common.Figures(a.json) as out:
+        compare(a, out)
+
+
+def compare(a, out: common.Figures) -> None:
+    """Epochs cached vs live per head, then the sweep vs separate runs."""
     tmp = Path(tempfile.mkdtemp(prefix="av2t-bench-train-"))
     prepare(tmp, a.videos, a.late_block)
     print(
@@ -219,6 +229,7 @@ def main() -> None:
     notes = []
     for name, fields in heads(a.late_block).items():
         r = {m: _sub(["--worker", str(tmp), m, json.dumps(fields)], a.threads) for m in ("cached", "live")}
+        out.add(name, r)
         speed = r["live"]["seconds"] / r["cached"]["seconds"]
         bound = r["cached"]["flops_live_step"] / r["cached"]["flops_cached_step"]
         steps = r["cached"]["steps"]
@@ -242,6 +253,7 @@ def main() -> None:
     names = ["mul", "clip", "clap", "sum"]
     one = _sub(["--sweep-worker", str(tmp), ",".join(names)], a.threads)["seconds"]
     separate = sum(_sub(["--sweep-worker", str(tmp), n], a.threads)["seconds"] for n in names)
+    out.add("sweep", {"one pass seconds": one, "separate runs seconds": separate})
     print(
         f"\nsweep of {len(names)} heads in one pass: {one:.1f} s; {len(names)} separate runs: {separate:.1f} s; "
         f"ratio {one / separate:.2f}"

@@ -1,27 +1,32 @@
 """Does training from the store learn? Synthetic S4 and MS3, tiny preset, CPU: heads vs trivial baselines.
 
-Run: python bench/learning_check.py [--s4-videos 300] [--ms3-videos 120] [--epochs 15] [--out runs/learning]
+Run: python -m bench.learning_check [--s4-videos 300] [--ms3-videos 120] [--epochs 15] [--out runs/learning]
 Prints, per subset, validation M_J / M_F of the trained heads next to all-background, all-foreground
 and the best fixed centred disc (its radius chosen on the validation masks themselves, an upper bound
-for any blob). On MS3 the `mul` head must beat `clip`: only the audio says which visible object sounds.
+for any blob). The check (exit 1 when it fails): on every subset the `mul` head beats every baseline on
+M_J, and on MS3 it beats `clip`: only the audio says which visible object sounds.
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from pathlib import Path
+
+if not __package__:  # run as `python bench/learning_check.py`: import from the repo root, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
 import pandas as pd
 import torch
 
+from bench import common
 from cache import FeatureStore
-from pipeline.data.synth import write_synthetic
 from pipeline.metrics import MetricAccumulator
 from pipeline.model import head_config
-from stages.extract import ExtractConfig, extract
 from stages.train import OptimConfig, TrainConfig, sweep
+
+BASELINES = ("all background", "all foreground", "best centred disc")
 
 
 def baseline_scores(store: str, subset: str) -> pd.DataFrame:
@@ -50,16 +55,13 @@ def _score(index, masks: torch.Tensor, pred: torch.Tensor) -> dict[str, float]:
     return {"val_M_J": s["M_J"], "val_M_F": s["M_F"]}
 
 
-def run_subset(subset: str, videos: int, epochs: int, out: Path, heads: dict) -> pd.DataFrame:
+def run_subset(
+    subset: str, videos: int, epochs: int, batch_size: int, out: Path, heads: dict
+) -> pd.DataFrame:
     """Synthesise, extract, train the heads in one sweep, and add the baselines."""
-    root, store = out / "data", str(out / f"{subset}.zarr")
-    write_synthetic(root, subset, videos=videos, seed=0)
     t = time.perf_counter()
-    extract(
-        ExtractConfig(root=root, subset=subset, splits=["train", "val"], store=store, device="cpu"),
-        progress=False,
-    )
-    print(f"{subset}: extracted in {time.perf_counter() - t:.0f} s")
+    _, store = common.synthetic_store(out, subset, videos, splits=["train", "val"])
+    print(f"{subset}: synthesised and extracted in {time.perf_counter() - t:.0f} s")
     cfg = TrainConfig(
         store=store,
         subset=subset,
@@ -67,7 +69,7 @@ def run_subset(subset: str, videos: int, epochs: int, out: Path, heads: dict) ->
         out=out / f"train-{subset}",
         progress=False,
         resume=False,
-        optim=OptimConfig(epochs=epochs, batch_size=8),
+        optim=OptimConfig(epochs=epochs, batch_size=batch_size),
     )
     t = time.perf_counter()
     table = sweep(cfg, {k: head_config("tiny", **v) for k, v in heads.items()})
@@ -76,28 +78,43 @@ def run_subset(subset: str, videos: int, epochs: int, out: Path, heads: dict) ->
     return pd.concat([trained, baseline_scores(store, subset)], ignore_index=True)
 
 
-def main() -> None:
-    """Print both tables."""
-    ap = argparse.ArgumentParser(description=__doc__)
+def learned(subset: str, table: pd.DataFrame) -> list[str]:
+    """What the check finds missing on one subset's table (empty: it learned)."""
+    mj = dict(zip(table["head"], table["val_M_J"], strict=True))
+    base = max(v for k, v in mj.items() if k.startswith(BASELINES))
+    missing = [] if mj["mul"] > base else [f"{subset}: mul M_J {mj['mul']:.4f} <= best baseline {base:.4f}"]
+    if "clip" in mj and mj["mul"] <= mj["clip"]:
+        missing.append(f"{subset}: mul M_J {mj['mul']:.4f} <= clip {mj['clip']:.4f}")
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print both tables; 0 when the heads learned (the check above), else 1."""
+    ap = common.parser(__doc__, "batch_size", batch_size=8)
     ap.add_argument("--s4-videos", type=int, default=300)
     ap.add_argument("--ms3-videos", type=int, default=120)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--out", type=Path, default=Path("runs/learning"))
     ap.add_argument("--subsets", nargs="+", default=["s4", "ms3"])
-    a = ap.parse_args()
+    a = common.parse(ap, argv)
     torch.manual_seed(0)
     np.random.seed(0)
     heads = {
         "s4": {"mul": {"fusion": "mul"}},
         "ms3": {"mul": {"fusion": "mul"}, "clip": {"fusion": "clip"}, "clap": {"fusion": "clap"}},
     }
-    for subset in a.subsets:
-        videos = a.s4_videos if subset == "s4" else a.ms3_videos
-        table = run_subset(subset, videos, a.epochs, a.out, heads[subset])
-        print(f"\n{subset.upper()} synthetic, {videos} videos, tiny preset, validation split:")
-        print(table.to_markdown(index=False, floatfmt=".4f"))
-        print()
+    missing = []
+    with common.Figures(a.json) as out:
+        for subset in a.subsets:
+            videos = a.s4_videos if subset == "s4" else a.ms3_videos
+            table = run_subset(subset, videos, a.epochs, a.batch_size, a.out, heads[subset])
+            print(f"\n{subset.upper()} synthetic, {videos} videos, tiny preset, validation split:")
+            out.table(subset, table.to_dict("records"))
+            print()
+            missing += learned(subset, table)
+        out.add("missing", missing)
+    return common.exit_code(not missing, "; ".join(missing))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

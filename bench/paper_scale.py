@@ -1,6 +1,6 @@
 """Paper-size benchmark: is head training from the cache compute-bound or IO-bound on one H200?
 
-Run: python bench/paper_scale.py [--rows 64] [--variants after,before,k44,k40] [--skip-tiny]
+Run: python -m bench.paper_scale [--rows 64] [--variants after,before,k44,k40] [--skip-tiny]
          [--h200-tflops 990 --efficiency 0.4 --hbm-gbs 4800]
 
 Per head variant (paper AV2T-SAM: SAM 2 Hiera-L + BEiT-3-L, paper head, built on the meta device):
@@ -30,11 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
+if not __package__:  # run as `python bench/paper_scale.py`: import from the repo root, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import cache.batches as CB
+from bench import common
 from cache import ArraySpec, FeatureStore, SplitIndex
 from cache.batches import FeatureBatches, Source, prefetch, to_device
 from pipeline.config import encoder_config
@@ -44,8 +48,6 @@ from pipeline.model.av2t_sam import AV2TSAM
 from pipeline.model.config import head_config
 from pipeline.model.loss import segmentation_loss
 from pipeline.settings import ExtractConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train, when run as a script
 
 PRESET = "paper"
 BATCH = 8
@@ -427,7 +429,7 @@ def report_paper(results: list[dict], a: argparse.Namespace) -> None:
 def tiny_epoch(a: argparse.Namespace, tmp: Path) -> None:
     """Data wait share of cached epochs (per reader mode, epochs 1 and 2) and cached vs live on `tiny`."""
     try:
-        import bench_train as BT
+        from bench import bench_train as BT
     except ImportError as e:  # stages.train mid-edit
         print(f"\ntiny CPU epoch not run: bench/bench_train.py does not import ({e})")
         return
@@ -494,9 +496,9 @@ def tiny_epoch(a: argparse.Namespace, tmp: Path) -> None:
     print("\n".join(["", *notes]))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Paper-size table and verdicts, then the tiny CPU epoch."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__, threads=2)
     ap.add_argument("--rows", type=int, default=64, help="paper-shaped rows written per variant")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     ap.add_argument("--skip-tiny", action="store_true", help="skip the tiny CPU epoch")
@@ -506,13 +508,17 @@ def main() -> None:
     ap.add_argument("--block-rows", type=int, default=DEFAULT_BLOCK_ROWS, help="rows per store block")
     ap.add_argument("--tiny-videos", type=int, default=16)
     ap.add_argument("--late-block", type=int, default=5, help="first adapted block of the tiny head")
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    a = common.parse(ap, argv)
     names = [n.strip() for n in a.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    with common.Figures(a.json) as out:
+        run(a, names, out)
+
+
+def run(a: argparse.Namespace, names: list[str], out: common.Figures) -> None:
+    """The header line, the variants, their table, then the tiny epoch."""
     fn, where = new_reader()
     reader = where if fn else f"cache.batches.FeatureBatches + prefetch ({where})"
     print(
@@ -523,7 +529,7 @@ def main() -> None:
     )
     tmp = Path(tempfile.mkdtemp(prefix="av2t-paper-scale-"))
     try:
-        results = [paper_variant(n, a, tmp) for n in names]
+        results = out.add("variants", [paper_variant(n, a, tmp) for n in names])
         report_paper(results, a)
         if not a.skip_tiny:
             (tmp / "tiny").mkdir()

@@ -91,3 +91,26 @@ def test_layers_at_run_time():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"the settings must import light: {out.stdout}"
+
+
+def test_library_never_imports_bench():
+    """bench/ may import anything of the library; nothing of the library imports bench/."""
+    found = {
+        _module(p): names
+        for pkg in ("pipeline", "cache", "stages", "flows")
+        for p in _modules(pkg)
+        if (names := [n for n in _imports(p) if _top(n) == "bench"])
+    }
+    assert not found, f"the library imports bench: {found}"
+
+
+BOOTSTRAP = "    sys.path[0] = str(Path(__file__).resolve().parents[1])"
+
+
+@pytest.mark.parametrize("path", _modules("bench"), ids=lambda p: p.name)
+def test_bench_rules(path):
+    """A bench imports no test module (bench.common loads one by path) and touches sys.path only to run as a script."""
+    tests = [n for n in _imports(path) if _top(n) in ("tests", "conftest", "official_inputs")]
+    assert not tests, f"{_module(path)} imports {tests}: load a test helper with bench.common.test_helper"
+    lines = [ln for ln in path.read_text().splitlines() if "sys.path" in ln]
+    assert lines in ([], [BOOTSTRAP]), f"{_module(path)} patches sys.path: {lines}"
