@@ -559,6 +559,11 @@ def _damaged(url: str, e: json.JSONDecodeError) -> StoreError:
     )
 
 
+def metadata_error(url: str, e: json.JSONDecodeError) -> StoreError | None:
+    """The error naming the store's zarr.json that is not JSON (None when every one of url's is JSON)."""
+    return _damaged(url, e) if _bad_metadata_file(url) is not None else None
+
+
 class FeatureStore:
     """A Zarr v3 store on any fsspec filesystem (local path, file://, memory://, s3://, ...)."""
 

@@ -161,3 +161,107 @@ def test_a_full_disk_inside_torch_zip_writer_is_one_clear_error(tmp_path):
         assert [p.name for p in mnt.iterdir()] == ["best.pt"]  # no temporary file left
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+# -- 5. a broken pipe: quiet, exit 141
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> str:
+    """A tiny store (one split, one fake encoder, every block written)."""
+    from store_helpers import block_data, open_encoder
+
+    url = str(tmp_path_factory.mktemp("small") / "s.zarr")
+    enc = open_encoder(url)
+    for b in range(enc.split.n_blocks):
+        enc.write_block(b, block_data(enc, b))
+    return url
+
+
+def _av2t(*argv: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code = "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *argv], env=env, stderr=subprocess.PIPE, text=True, **kw
+    )
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(small_store):
+    """`av2t cache info S --json | head -n 0`: the pipe is closed before anything is written."""
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the command prints
+    proc = _av2t("cache", "info", small_store, "--json", stdout=w)
+    os.close(w)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 141, err
+    assert err == ""
+
+
+# -- 8. a truncated zarr.json of an array: the file named, from every command that reads the store
+
+
+@pytest.mark.parametrize("command", ["info", "verify"])
+def test_a_truncated_array_zarr_json_names_the_file(small_store, command, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(small_store, copy)
+    (meta,) = copy.glob("*/*/encoders/*/emb/zarr.json")
+    meta.write_bytes(meta.read_bytes()[:300])
+    line = _one_error_line(capsys, cli(["cache", command, str(copy)]))
+    assert str(meta) in line and "not valid JSON" in line
+
+
+# -- 7. `av2t serve`: a reports folder it cannot write is refused at the start
+
+
+def test_serve_refuses_a_reports_folder_it_cannot_write(tmp_path, capsys):
+    for name in ("data", "runs", "reports"):
+        (tmp_path / name).mkdir()
+    reports = tmp_path / "reports"
+    mounted = False
+    if os.geteuid() == 0:  # root writes into a read-only mode folder: make it a read-only filesystem
+        args = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(reports)]
+        if subprocess.run(args, capture_output=True).returncode:
+            pytest.skip("root, and cannot mount a read-only tmpfs here")
+        mounted = True
+    else:
+        reports.chmod(0o555)
+    try:
+        argv = ["serve", "--root", str(tmp_path / "data"), "--checkpoints", str(tmp_path / "runs")]
+        line = _one_error_line(capsys, cli([*argv, "--reports", str(reports)]))
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(reports)], check=True)
+    assert f"--reports {reports}" in line and "cannot write" in line
+
+
+def test_serve_exits_130_on_ctrl_c(tmp_path):
+    import signal
+    import time
+
+    from prefect_server import _served, prefect_server
+
+    with prefect_server(tmp_path / "home", serve=False) as env:
+        log = tmp_path / "serve.log"
+        with open(log, "w") as f:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "flows.serve", "--no-nightly"],
+                env=env,
+                cwd=str(REPO),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.time() + 180
+            while not {"extract", "train", "on-demand"} <= _served(env["PREFECT_API_URL"]):
+                assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+                time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=60) == 130, log.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "av2t: interrupted" in log.read_text()
