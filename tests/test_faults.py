@@ -265,3 +265,33 @@ def test_serve_exits_130_on_ctrl_c(tmp_path):
                 proc.kill()
                 proc.wait()
     assert "av2t: interrupted" in log.read_text()
+
+
+# -- 6. --overrides: validated against the encoders and their configs before any file is written
+
+
+@pytest.mark.parametrize(
+    ("overrides", "want"),
+    [
+        ({"sma2": {"trunk_block": 0}}, "unknown encoder 'sma2' (did you mean 'sam2'?)"),
+        ({"sam2": {"nope": 1}}, "sam2.nope: no such field"),
+        ({"sam2": {"trunk_blok": 0}}, "sam2.trunk_blok: no such field (did you mean 'trunk_block'?)"),
+    ],
+)
+def test_a_bad_override_is_refused_naming_the_option_before_anything_is_written(
+    overrides, want, tmp_path, capsys
+):
+    store = tmp_path / "s.zarr"
+    argv = ["extract", "--root", str(tmp_path / "data"), "--subset", "s4", "--store", str(store)]
+    line = _one_error_line(capsys, cli([*argv, "--overrides", json.dumps(overrides)]))
+    assert "--overrides" in line and want in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_valid_overrides_pass():
+    from pipeline.settings import ExtractConfig
+
+    cfg = ExtractConfig(
+        root=Path("r"), overrides={"sam2": {"trunk_block": 0}, "clip": {"impl": "clip_image"}}
+    )
+    assert cfg.overrides["sam2"] == {"trunk_block": 0}
