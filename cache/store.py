@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import math
 import mmap
-from collections.abc import Iterable, Mapping
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +27,11 @@ STORE_VERSION = 1
 INDEX_COLUMNS = ("video", "frame", "category", "has_mask")
 # Inner chunks of a shard hold about this much; big rows (feature maps) get one row per chunk.
 TARGET_CHUNK_BYTES = 1 << 20
+# A group's attributes are written last, once its arrays exist: a reader that finds a group without them waits
+# this long for the writer creating it, then calls it a creation cut short.
+CREATING_WAIT_S = 10.0
+SPLIT_ATTRS = ("n_rows", "block_rows", "index_digest")
+ENCODER_ATTRS = ("name", "fingerprint", "provenance", "arrays")
 
 
 class StoreError(RuntimeError):
@@ -559,6 +568,30 @@ def _damaged(url: str, e: json.JSONDecodeError) -> StoreError:
     )
 
 
+def _local_root(url: str) -> str | None:
+    """The folder of a local store (None for a remote one)."""
+    root = url.removeprefix("file://")
+    return None if "://" in root else root
+
+
+def _complete_attrs(store: FeatureStore, group: zarr.Group, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A group's attributes once they hold `keys`: another writer may be creating it (waits a little).
+
+    A group that still lacks them is a creation cut short (a killed extraction): refused, naming the way out.
+    """
+    attrs = group.attrs.asdict()
+    deadline = time.monotonic() + CREATING_WAIT_S
+    while not all(k in attrs for k in keys):
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"{store.url}: group {group.path} is incomplete (its creation was cut short): run "
+                "`av2t extract` into this store again, which recreates it"
+            )
+        time.sleep(0.1)
+        attrs = zarr.open_group(store=group.store, path=group.path, mode="r", zarr_format=3).attrs.asdict()
+    return attrs
+
+
 def metadata_error(url: str, e: json.JSONDecodeError) -> StoreError | None:
     """The error naming the store's zarr.json that is not JSON (None when every one of url's is JSON)."""
     return _damaged(url, e) if _bad_metadata_file(url) is not None else None
@@ -585,6 +618,27 @@ class FeatureStore:
     def __repr__(self) -> str:
         return f"FeatureStore({self.url!r})"
 
+    @contextlib.contextmanager
+    def creating(self) -> Iterator[None]:
+        """One creator of groups at a time in a local store (a flock on its folder, released if the process
+        dies): two extractions starting together never see each other's half-made group. Writing rows needs
+        no lock (each block is its own shard); remote stores have none (README: concurrent use)."""
+        root = _local_root(self.url)
+        if root is None or not os.path.isdir(root):
+            yield
+            return
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _reopen(self) -> None:
+        """Re-read the root group (another process may have added groups since it was opened)."""
+        self.root = zarr.open_group(store=self.root.store, mode="a", zarr_format=3)
+
     def groups(self) -> list[tuple[str, str]]:
         """(subset, split) of every split group, sorted."""
         out = []
@@ -606,7 +660,19 @@ class FeatureStore:
         return SplitGroup(self, self.root[f"{subset}/{split}"], subset, split)
 
     def require_split(self, subset: str, split: str, index: SplitIndex, block_rows: int = 32) -> SplitGroup:
-        """Open the split group, creating it with this index; refuse if its rows differ."""
+        """Open the split group, creating it with this index; refuse if its rows differ.
+
+        Safe when several writers start together (one creates, under `creating`; the others open it).
+        """
+        with self.creating():
+            self._reopen()
+            return self._require_split(subset, split, index, block_rows)
+
+    def _require_split(self, subset: str, split: str, index: SplitIndex, block_rows: int) -> SplitGroup:
+        if self.has_split(subset, split) and not all(
+            k in self.root[f"{subset}/{split}"].attrs for k in SPLIT_ATTRS
+        ):
+            del self.root[subset][split]  # a creation cut short (we hold the creation lock): made again
         if self.has_split(subset, split):
             g = self.split(subset, split)
             if g.index_digest != index.digest():
@@ -651,9 +717,10 @@ class SplitGroup:
 
     def __init__(self, store: FeatureStore, group: zarr.Group, subset: str, split: str):
         self.store, self.group, self.subset, self.split = store, group, subset, split
-        self.n_rows = int(group.attrs["n_rows"])
-        self.block_rows = int(group.attrs["block_rows"])
-        self.index_digest = str(group.attrs["index_digest"])
+        attrs = _complete_attrs(store, group, SPLIT_ATTRS)
+        self.n_rows = int(attrs["n_rows"])
+        self.block_rows = int(attrs["block_rows"])
+        self.index_digest = str(attrs["index_digest"])
         self._index: SplitIndex | None = None
 
     def __repr__(self) -> str:
@@ -782,8 +849,26 @@ class SplitGroup:
         arrays: dict[str, ArraySpec],
         allow_other_fingerprints: bool = False,
     ) -> EncoderGroup:
-        """Open or create the sub-group for (name, fingerprint of provenance) with these arrays."""
+        """Open or create the sub-group for (name, fingerprint of provenance) with these arrays.
+
+        Safe when several writers start together (one creates, under the store's `creating`; the others open
+        it and check its arrays).
+        """
+        with self.store.creating():
+            return self._require_encoder(name, provenance, arrays, allow_other_fingerprints)
+
+    def _require_encoder(
+        self,
+        name: str,
+        provenance: dict[str, Any],
+        arrays: dict[str, ArraySpec],
+        allow_other_fingerprints: bool,
+    ) -> EncoderGroup:
         fp = fingerprint(provenance)
+        key = f"{name}@{fp}"
+        parent = self.group.require_group("encoders")
+        if key in parent and not all(k in parent[key].attrs for k in ENCODER_ATTRS):
+            del parent[key]  # a creation cut short (we hold the creation lock): made again
         others = [e for e in self.encoders() if e.name == name and e.fingerprint != fp]
         if others and not allow_other_fingerprints:
             diffs = "; ".join(diff_provenance(others[0].provenance, provenance)[:5])
@@ -792,8 +877,6 @@ class SplitGroup:
                 f"{others[0].fingerprint}, and these would have {fp} ({diffs}). The store is never reused "
                 "under another fingerprint: use a new store, or allow a second fingerprint side by side."
             )
-        key = f"{name}@{fp}"
-        parent = self.group.require_group("encoders")
         if key in parent:
             enc = EncoderGroup(self, parent[key])
             want = {k: v.to_json() for k, v in arrays.items()}
@@ -853,7 +936,7 @@ class EncoderGroup:
 
     def __init__(self, split: SplitGroup, group: zarr.Group):
         self.split, self.group = split, group
-        attrs = group.attrs.asdict()
+        attrs = _complete_attrs(split.store, group, ENCODER_ATTRS)
         self.name: str = attrs["name"]
         self.fingerprint: str = attrs["fingerprint"]
         self.provenance: dict[str, Any] = attrs["provenance"]

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,84 @@ def test_valid_overrides_pass():
         root=Path("r"), overrides={"sam2": {"trunk_block": 0}, "clip": {"impl": "clip_image"}}
     )
     assert cfg.overrides["sam2"] == {"trunk_block": 0}
+
+
+# -- 3. extractions creating one store together
+
+
+WRITER = """
+import os, sys, time
+from store_helpers import block_data, open_encoder
+while not os.path.exists(sys.argv[2]):  # start together
+    time.sleep(0.001)
+enc = open_encoder(sys.argv[1])
+for b in range(int(sys.argv[3]), enc.split.n_blocks, 2):
+    enc.write_block(b, block_data(enc, b))
+print("done", flush=True)
+"""
+
+
+def test_writers_creating_one_store_together_all_finish_and_the_store_verifies(tmp_path):
+    from cache import FeatureStore
+    from cache.verify import verify_store
+
+    url, go = str(tmp_path / "s.zarr"), tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, str(go), str(i % 2)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    time.sleep(3)  # every writer has imported and waits
+    go.touch()
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.strip() == "done", err[-2000:]
+    assert verify_store(FeatureStore(url, mode="r")).ok
+
+
+def test_a_group_being_created_is_waited_for(tmp_path):
+    """A reader meeting a split group whose attributes are not written yet waits for them (not KeyError)."""
+    import threading
+
+    import zarr
+    from store_helpers import make_index
+
+    from cache import FeatureStore
+
+    url = str(tmp_path / "s.zarr")
+    store = FeatureStore(url)
+    index = make_index()
+    done = store.require_split("s4", "test", index, 4)
+    attrs = dict(done.group.attrs)
+    grp = zarr.open_group(url, mode="a", path="s4/test")
+    grp.attrs.clear()  # as a writer leaves it between creating the group and writing its attributes
+    timer = threading.Timer(0.5, lambda: grp.attrs.update(attrs))
+    timer.start()
+    try:
+        assert FeatureStore(url, mode="r").split("s4", "test").n_rows == len(index)
+    finally:
+        timer.join()
+
+
+def test_a_group_whose_creation_was_cut_short_is_made_again(tmp_path, monkeypatch):
+    import zarr
+    from store_helpers import ARRAYS, PROVENANCE, make_index
+
+    import cache.store
+    from cache import FeatureStore, StoreError
+
+    url = str(tmp_path / "s.zarr")
+    FeatureStore(url).require_split("s4", "test", make_index(), 4).require_encoder("fake", PROVENANCE, ARRAYS)
+    (key,) = [k for k in zarr.open_group(url, path="s4/test/encoders").group_keys()]
+    zarr.open_group(url, mode="a", path=f"s4/test/encoders/{key}").attrs.clear()  # killed before its attrs
+    monkeypatch.setattr(cache.store, "CREATING_WAIT_S", 0.2)
+    with pytest.raises(StoreError, match="incomplete.*extract"):
+        FeatureStore(url, mode="r").split("s4", "test").encoders()
+    enc = FeatureStore(url).split("s4", "test").require_encoder("fake", PROVENANCE, ARRAYS)
+    assert enc.key == key and enc.rows_done() == 0
