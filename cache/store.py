@@ -9,6 +9,7 @@ import json
 import math
 import mmap
 import os
+import shlex
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -137,6 +138,9 @@ def repair_command(store: str) -> str:
     return f"av2t cache verify {store} --repair"
 
 
+PLACEHOLDERS = {"--root": "--root <AVSBench root>", "--preset": "--preset <preset it was extracted with>"}
+
+
 def extract_commands(damage: Iterable[Damage]) -> list[str]:
     """`av2t extract` commands that recompute the rows a repair marked not done (one per subset and options)."""
     plans: dict[tuple[str, str, tuple[str, ...]], tuple[set[str], dict[str, None]]] = {}
@@ -147,11 +151,16 @@ def extract_commands(damage: Iterable[Damage]) -> list[str]:
     out = []
     for (store, subset, options), (splits, names) in plans.items():
         ordered = [s for s in EXTRACT_SPLITS if s in splits] + sorted(splits - set(EXTRACT_SPLITS))
+        given = {o.split()[0] for o in options}
+        unknown = [  # placeholders only where the store does not record the extraction's values
+            ph for flag, ph in PLACEHOLDERS.items() if flag not in given
+        ]
         out.append(
             " ".join(
                 [
                     f"av2t extract --store {store} --subset {subset} --splits {' '.join(ordered)}",
-                    f"--encoders {' '.join(names)} --root <AVSBench root> --preset <preset it was extracted with>",
+                    f"--encoders {' '.join(names)}",
+                    *unknown,
                     *options,
                 ]
             )
@@ -848,14 +857,22 @@ class SplitGroup:
         provenance: dict[str, Any],
         arrays: dict[str, ArraySpec],
         allow_other_fingerprints: bool = False,
+        extracted_with: dict[str, str] | None = None,
     ) -> EncoderGroup:
         """Open or create the sub-group for (name, fingerprint of provenance) with these arrays.
+
+        extracted_with: the extraction's `--root` / `--preset` (kept beside the fingerprint, not in it), which
+        the repair hint prints.
 
         Safe when several writers start together (one creates, under the store's `creating`; the others open
         it and check its arrays).
         """
         with self.store.creating():
-            return self._require_encoder(name, provenance, arrays, allow_other_fingerprints)
+            enc = self._require_encoder(name, provenance, arrays, allow_other_fingerprints)
+            if extracted_with and not enc.extracted_with:
+                enc.group.attrs["extracted_with"] = dict(extracted_with)
+                enc.extracted_with = dict(extracted_with)
+            return enc
 
     def _require_encoder(
         self,
@@ -941,6 +958,7 @@ class EncoderGroup:
         self.fingerprint: str = attrs["fingerprint"]
         self.provenance: dict[str, Any] = attrs["provenance"]
         self.specs_json: dict[str, Any] = attrs["arrays"]
+        self.extracted_with: dict[str, str] = dict(attrs.get("extracted_with") or {})
         self.specs = {
             k: ArraySpec(tuple(v["shape"]), v["dtype"], v["codec"]) for k, v in self.specs_json.items()
         }
@@ -1146,6 +1164,12 @@ class EncoderGroup:
                 pass
         if len([e for e in sp.encoders() if e.name == self.name]) > 1:
             opts.append("--allow-other-fingerprints")
+        for key in (
+            "root",
+            "preset",
+        ):  # as the extraction was given them (stores of older versions: not known)
+            if self.extracted_with.get(key):
+                opts.append(f"--{key} {shlex.quote(self.extracted_with[key])}")
         return tuple(opts)
 
     def pending_blocks(self) -> list[int]:

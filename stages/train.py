@@ -383,11 +383,23 @@ def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
         run.best_mj, run.history, run.seconds = ck["best_mj"], list(ck["history"]), ck["seconds"]
         torch.set_rng_state(ck["torch_rng"])
         return int(ck["epoch"]) + 1
-    except CheckpointError as e:
-        raise CheckpointError(f"{e}; {fix}") from e
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: does not fit this run ({cause}); {fix}") from e
+    except (CheckpointError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        cause = (
+            str(e).strip().splitlines()[0].removeprefix(f"{path}: ") if str(e).strip() else type(e).__name__
+        )
+        # The way out first: the differences (a preset change: dozens of keys) are only the evidence.
+        raise CheckpointError(
+            f"{path}: does not fit this run (another preset or model?): {fix}; differences: {brief(cause)}"
+        ) from e
+
+
+def brief(text: str, limit: int = 240) -> str:
+    """text cut at about `limit` characters (at a separator), with how much was left out."""
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(sep, 0, limit) for sep in (", ", "; "))
+    cut = cut if cut > 0 else limit
+    return f"{text[:cut]} ... ({len(text) - cut} more characters)"
 
 
 def write_log(run: HeadRun, out: Path) -> None:

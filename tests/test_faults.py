@@ -377,3 +377,34 @@ def test_a_group_whose_creation_was_cut_short_is_made_again(tmp_path, monkeypatc
         FeatureStore(url, mode="r").split("s4", "test").encoders()
     enc = FeatureStore(url).split("s4", "test").require_encoder("fake", PROVENANCE, ARRAYS)
     assert enc.key == key and enc.rows_done() == 0
+
+
+# -- also seen: the repair hint prints the extraction's own --root and --preset
+
+
+def test_the_repair_hint_prints_the_extractions_root_and_preset(tmp_path):
+    from store_helpers import ARRAYS, PROVENANCE, block_data, make_index
+
+    from cache import FeatureStore
+    from cache.verify import verify_store
+
+    url = str(tmp_path / "s.zarr")
+    given = {"root": "/data/AVS bench", "preset": "paper"}
+    g = FeatureStore(url).require_split("s4", "test", make_index(), 4)
+    enc = g.require_encoder("fake", PROVENANCE, ARRAYS, extracted_with=given)
+    for b in range(enc.split.n_blocks):
+        enc.write_block(b, block_data(enc, b))
+    (chunk,) = [p for p in (tmp_path / "s.zarr").glob("s4/test/encoders/*/emb/c/1/*")]
+    chunk.unlink()
+    text = verify_store(FeatureStore(url, mode="r")).to_text()
+    assert "--root '/data/AVS bench' --preset paper" in text and "<" not in text, text
+
+
+def test_brief_keeps_the_start_and_says_how_much_was_cut():
+    from stages.train import brief
+
+    keys = ", ".join(f"mm_extractor.beit3.encoder.layers.{i}.weight" for i in range(40))
+    short = brief(keys)
+    assert len(short) < 300 and short.startswith("mm_extractor.beit3.encoder.layers.0.weight")
+    assert short.endswith("more characters)")
+    assert brief("a, b") == "a, b"
