@@ -372,9 +372,16 @@ def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
     if held_head(ck["head"]) != run.head.model_dump(mode="json"):
         raise StoreError(f"{path}: was trained with another head config; {fix}")
     if ck["optim"] != optim.model_dump():
+        now = optim.model_dump()
+        held = ck["optim"] if isinstance(ck["optim"], dict) else {}
+        diffs = [
+            f"{k} {held.get(k)!r} -> {now.get(k)!r}"
+            for k in sorted({*held, *now})
+            if held.get(k) != now.get(k)
+        ]
         raise StoreError(
-            f"{path}: was trained with optimiser {ck['optim']}, not {optim.model_dump()}; "
-            f"the schedule would not match: {fix}"
+            f"{path}: was trained with other optimiser settings (the schedule would not match): {fix}; "
+            f"differences: {brief(', '.join(diffs))}"
         )
     try:
         run.model.load_trainable_state_dict(ck["trainable"], source=path)

@@ -408,3 +408,29 @@ def test_brief_keeps_the_start_and_says_how_much_was_cut():
     assert len(short) < 300 and short.startswith("mm_extractor.beit3.encoder.layers.0.weight")
     assert short.endswith("more characters)")
     assert brief("a, b") == "a, b"
+
+
+def test_resuming_with_other_settings_says_no_resume_first(tmp_path):
+    import torch
+
+    from cache import StoreError
+    from pipeline.model import HeadConfig
+    from pipeline.settings import OptimConfig
+    from stages.train import HeadRun, try_resume
+
+    head = HeadConfig()
+    held = {
+        "head": head.model_dump(mode="json"),
+        "optim": OptimConfig(lr=5e-3, epochs=40).model_dump(),
+        **dict.fromkeys(("trainable", "optimizer", "scheduler", "history"), {}),
+        **{"best_mj": 0.0, "seconds": 0.0, "epoch": 0, "torch_rng": torch.get_rng_state()},
+    }
+    torch.save(held, tmp_path / "last.pt")
+    run = HeadRun(
+        "head", head, model=None, opt=None, sched=None
+    )  # the settings are compared before the model
+    with pytest.raises(StoreError) as e:
+        try_resume(run, tmp_path, OptimConfig(lr=2e-4, epochs=40))
+    text = str(e.value)
+    assert text.index("--no-resume") < text.index("differences: lr 0.005 -> 0.0002")
+    assert "epochs" not in text  # only what differs
