@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import math
 import mmap
-from collections.abc import Iterable, Mapping
+import os
+import shlex
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +28,11 @@ STORE_VERSION = 1
 INDEX_COLUMNS = ("video", "frame", "category", "has_mask")
 # Inner chunks of a shard hold about this much; big rows (feature maps) get one row per chunk.
 TARGET_CHUNK_BYTES = 1 << 20
+# A group's attributes are written last, once its arrays exist: a reader that finds a group without them waits
+# this long for the writer creating it, then calls it a creation cut short.
+CREATING_WAIT_S = 10.0
+SPLIT_ATTRS = ("n_rows", "block_rows", "index_digest")
+ENCODER_ATTRS = ("name", "fingerprint", "provenance", "arrays")
 
 
 class StoreError(RuntimeError):
@@ -128,6 +138,9 @@ def repair_command(store: str) -> str:
     return f"av2t cache verify {store} --repair"
 
 
+PLACEHOLDERS = {"--root": "--root <AVSBench root>", "--preset": "--preset <preset it was extracted with>"}
+
+
 def extract_commands(damage: Iterable[Damage]) -> list[str]:
     """`av2t extract` commands that recompute the rows a repair marked not done (one per subset and options)."""
     plans: dict[tuple[str, str, tuple[str, ...]], tuple[set[str], dict[str, None]]] = {}
@@ -138,11 +151,16 @@ def extract_commands(damage: Iterable[Damage]) -> list[str]:
     out = []
     for (store, subset, options), (splits, names) in plans.items():
         ordered = [s for s in EXTRACT_SPLITS if s in splits] + sorted(splits - set(EXTRACT_SPLITS))
+        given = {o.split()[0] for o in options}
+        unknown = [  # placeholders only where the store does not record the extraction's values
+            ph for flag, ph in PLACEHOLDERS.items() if flag not in given
+        ]
         out.append(
             " ".join(
                 [
                     f"av2t extract --store {store} --subset {subset} --splits {' '.join(ordered)}",
-                    f"--encoders {' '.join(names)} --root <AVSBench root> --preset <preset it was extracted with>",
+                    f"--encoders {' '.join(names)}",
+                    *unknown,
                     *options,
                 ]
             )
@@ -559,6 +577,35 @@ def _damaged(url: str, e: json.JSONDecodeError) -> StoreError:
     )
 
 
+def _local_root(url: str) -> str | None:
+    """The folder of a local store (None for a remote one)."""
+    root = url.removeprefix("file://")
+    return None if "://" in root else root
+
+
+def _complete_attrs(store: FeatureStore, group: zarr.Group, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A group's attributes once they hold `keys`: another writer may be creating it (waits a little).
+
+    A group that still lacks them is a creation cut short (a killed extraction): refused, naming the way out.
+    """
+    attrs = group.attrs.asdict()
+    deadline = time.monotonic() + CREATING_WAIT_S
+    while not all(k in attrs for k in keys):
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"{store.url}: group {group.path} is incomplete (its creation was cut short): run "
+                "`av2t extract` into this store again, which recreates it"
+            )
+        time.sleep(0.1)
+        attrs = zarr.open_group(store=group.store, path=group.path, mode="r", zarr_format=3).attrs.asdict()
+    return attrs
+
+
+def metadata_error(url: str, e: json.JSONDecodeError) -> StoreError | None:
+    """The error naming the store's zarr.json that is not JSON (None when every one of url's is JSON)."""
+    return _damaged(url, e) if _bad_metadata_file(url) is not None else None
+
+
 class FeatureStore:
     """A Zarr v3 store on any fsspec filesystem (local path, file://, memory://, s3://, ...)."""
 
@@ -579,6 +626,27 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.url!r})"
+
+    @contextlib.contextmanager
+    def creating(self) -> Iterator[None]:
+        """One creator of groups at a time in a local store (a flock on its folder, released if the process
+        dies): two extractions starting together never see each other's half-made group. Writing rows needs
+        no lock (each block is its own shard); remote stores have none (README: concurrent use)."""
+        root = _local_root(self.url)
+        if root is None or not os.path.isdir(root):
+            yield
+            return
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _reopen(self) -> None:
+        """Re-read the root group (another process may have added groups since it was opened)."""
+        self.root = zarr.open_group(store=self.root.store, mode="a", zarr_format=3)
 
     def groups(self) -> list[tuple[str, str]]:
         """(subset, split) of every split group, sorted."""
@@ -601,7 +669,19 @@ class FeatureStore:
         return SplitGroup(self, self.root[f"{subset}/{split}"], subset, split)
 
     def require_split(self, subset: str, split: str, index: SplitIndex, block_rows: int = 32) -> SplitGroup:
-        """Open the split group, creating it with this index; refuse if its rows differ."""
+        """Open the split group, creating it with this index; refuse if its rows differ.
+
+        Safe when several writers start together (one creates, under `creating`; the others open it).
+        """
+        with self.creating():
+            self._reopen()
+            return self._require_split(subset, split, index, block_rows)
+
+    def _require_split(self, subset: str, split: str, index: SplitIndex, block_rows: int) -> SplitGroup:
+        if self.has_split(subset, split) and not all(
+            k in self.root[f"{subset}/{split}"].attrs for k in SPLIT_ATTRS
+        ):
+            del self.root[subset][split]  # a creation cut short (we hold the creation lock): made again
         if self.has_split(subset, split):
             g = self.split(subset, split)
             if g.index_digest != index.digest():
@@ -646,9 +726,10 @@ class SplitGroup:
 
     def __init__(self, store: FeatureStore, group: zarr.Group, subset: str, split: str):
         self.store, self.group, self.subset, self.split = store, group, subset, split
-        self.n_rows = int(group.attrs["n_rows"])
-        self.block_rows = int(group.attrs["block_rows"])
-        self.index_digest = str(group.attrs["index_digest"])
+        attrs = _complete_attrs(store, group, SPLIT_ATTRS)
+        self.n_rows = int(attrs["n_rows"])
+        self.block_rows = int(attrs["block_rows"])
+        self.index_digest = str(attrs["index_digest"])
         self._index: SplitIndex | None = None
 
     def __repr__(self) -> str:
@@ -776,9 +857,35 @@ class SplitGroup:
         provenance: dict[str, Any],
         arrays: dict[str, ArraySpec],
         allow_other_fingerprints: bool = False,
+        extracted_with: dict[str, str] | None = None,
     ) -> EncoderGroup:
-        """Open or create the sub-group for (name, fingerprint of provenance) with these arrays."""
+        """Open or create the sub-group for (name, fingerprint of provenance) with these arrays.
+
+        extracted_with: the extraction's `--root` / `--preset` (kept beside the fingerprint, not in it), which
+        the repair hint prints.
+
+        Safe when several writers start together (one creates, under the store's `creating`; the others open
+        it and check its arrays).
+        """
+        with self.store.creating():
+            enc = self._require_encoder(name, provenance, arrays, allow_other_fingerprints)
+            if extracted_with and not enc.extracted_with:
+                enc.group.attrs["extracted_with"] = dict(extracted_with)
+                enc.extracted_with = dict(extracted_with)
+            return enc
+
+    def _require_encoder(
+        self,
+        name: str,
+        provenance: dict[str, Any],
+        arrays: dict[str, ArraySpec],
+        allow_other_fingerprints: bool,
+    ) -> EncoderGroup:
         fp = fingerprint(provenance)
+        key = f"{name}@{fp}"
+        parent = self.group.require_group("encoders")
+        if key in parent and not all(k in parent[key].attrs for k in ENCODER_ATTRS):
+            del parent[key]  # a creation cut short (we hold the creation lock): made again
         others = [e for e in self.encoders() if e.name == name and e.fingerprint != fp]
         if others and not allow_other_fingerprints:
             diffs = "; ".join(diff_provenance(others[0].provenance, provenance)[:5])
@@ -787,8 +894,6 @@ class SplitGroup:
                 f"{others[0].fingerprint}, and these would have {fp} ({diffs}). The store is never reused "
                 "under another fingerprint: use a new store, or allow a second fingerprint side by side."
             )
-        key = f"{name}@{fp}"
-        parent = self.group.require_group("encoders")
         if key in parent:
             enc = EncoderGroup(self, parent[key])
             want = {k: v.to_json() for k, v in arrays.items()}
@@ -848,11 +953,12 @@ class EncoderGroup:
 
     def __init__(self, split: SplitGroup, group: zarr.Group):
         self.split, self.group = split, group
-        attrs = group.attrs.asdict()
+        attrs = _complete_attrs(split.store, group, ENCODER_ATTRS)
         self.name: str = attrs["name"]
         self.fingerprint: str = attrs["fingerprint"]
         self.provenance: dict[str, Any] = attrs["provenance"]
         self.specs_json: dict[str, Any] = attrs["arrays"]
+        self.extracted_with: dict[str, str] = dict(attrs.get("extracted_with") or {})
         self.specs = {
             k: ArraySpec(tuple(v["shape"]), v["dtype"], v["codec"]) for k, v in self.specs_json.items()
         }
@@ -1058,6 +1164,12 @@ class EncoderGroup:
                 pass
         if len([e for e in sp.encoders() if e.name == self.name]) > 1:
             opts.append("--allow-other-fingerprints")
+        for key in (
+            "root",
+            "preset",
+        ):  # as the extraction was given them (stores of older versions: not known)
+            if self.extracted_with.get(key):
+                opts.append(f"--{key} {shlex.quote(self.extracted_with[key])}")
         return tuple(opts)
 
     def pending_blocks(self) -> list[int]:

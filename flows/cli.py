@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import signal
 import sys
 import threading
@@ -46,9 +47,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Exit statuses: 0 done, 1 problems found (data check) or an unexpected error (a bug), 2 an ordinary error
-# (bad options or input, a full disk, a missing optional package: one line, flows.errors), 130 Ctrl-C,
-# 143 SIGTERM.
-EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
+# (bad options or input, a full disk, a missing optional package, an output folder another run holds: one
+# line, flows.errors), 130 Ctrl-C, 141 the reader of stdout went away (`| head`: quiet, 128 + SIGPIPE, what
+# a shell reports for a Unix tool ended by SIGPIPE), 143 SIGTERM.
+EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED, EXIT_PIPE, EXIT_TERMINATED = 2, 1, 130, 141, 143
 JSON_FLAG = {"as_json": "--json"}
 DEBUG_HELP = "show the traceback of every error, not just one line (also AV2T_DEBUG=1) (default: off)"
 
@@ -240,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="AV2T-SAM audio-visual segmentation pipeline",
         formatter_class=HelpFormatter,
         epilog="exit status: 0 done, 1 problems found or an unexpected error, 2 an error (one line), "
-        "130 interrupted, 143 terminated (see README, Errors)",
+        "130 interrupted, 141 stdout closed by its reader (| head), 143 terminated (see README, Errors)",
     )
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -397,6 +399,25 @@ def _option_name(parser: argparse.ArgumentParser | None) -> Callable[[str], str]
     return name
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away: end quietly, as Unix tools do, with 141 (128 + SIGPIPE)."""
+    # stdout now writes to /dev/null, so that the interpreter's last flush has nothing to complain about.
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+    return EXIT_PIPE
+
+
 def _error(message: str) -> int:
     print(f"av2t: error: {message}", file=sys.stderr)
     return EXIT_ERROR
@@ -410,7 +431,25 @@ def _run(args: argparse.Namespace) -> int:
         if errors.debug():
             traceback.print_exc()
         return _error(errors.validation_line(e, _option_name(getattr(args, "parser", None))))
-    return int(args.run(o) or 0)
+    try:
+        return int(args.run(o) or 0)
+    except json.JSONDecodeError as e:
+        named = _named_metadata_error(o, e)
+        if named is None:
+            raise
+        raise named from e
+
+
+def _named_metadata_error(o: Any, e: json.JSONDecodeError) -> Exception | None:
+    """A store's metadata file that is not JSON, as the store's error naming that file (None: no such file).
+
+    The one path for every command with a store: zarr reads a node's zarr.json wherever the command first
+    opens it (an array's size in `cache info`, its chunks in `cache verify`, ...), and says only 'not JSON'.
+    """
+    store, module = getattr(o, "store", None), sys.modules.get("cache.store")
+    if not isinstance(store, str) or module is None:
+        return None
+    return module.metadata_error(store, e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,7 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     debug_before = errors.set_debug(args.debug or errors.debug())
     try:
         with _sigterm_raises():
-            return _run(args)
+            code = _run(args)
+            sys.stdout.flush()  # here, where a closed pipe is still ours to handle
+            return code
+    except BrokenPipeError:
+        if _stdout_closed():
+            return _pipe_closed()
+        traceback.print_exc()
+        print("av2t: unexpected error (BrokenPipeError), probably a bug: please report it", file=sys.stderr)
+        return EXIT_BUG
     except Terminated:
         print("av2t: terminated (SIGTERM)", file=sys.stderr)
         return EXIT_TERMINATED

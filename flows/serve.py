@@ -13,6 +13,8 @@ its deployment carries every parameter, so a run with no parameters (what the sc
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,20 @@ def resolve(s: ServeSettings) -> ServeSettings:
             raise DeploymentError(
                 f"--reports {paths['reports']}: cannot create it ({e.strerror or e})"
             ) from e
+        writable(paths["reports"])
     return s.model_copy(update=paths)
+
+
+def writable(folder: Path) -> None:
+    """Refuse a reports folder the nightly could not write (found now, not at its first run)."""
+    probe = folder / f".av2t-write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DeploymentError(
+            f"--reports {folder}: cannot write there ({e.strerror or e}); choose a folder this user can write"
+        ) from e
 
 
 def schedule_words(cron: str, tz: str) -> str:
@@ -172,7 +187,8 @@ def deployments(settings: ServeSettings) -> list:
 
 def main(settings: ServeSettings) -> None:
     """Serve until interrupted (on the server at PREFECT_API_URL: a temporary one would die with us)."""
-    from prefect import serve
+    import prefect.flows
+    from prefect.runner import Runner
 
     from flows.prefect_runtime import ServerError, api_url
 
@@ -187,7 +203,15 @@ def main(settings: ServeSettings) -> None:
         for w in nightly_warnings(s):
             print(f"av2t serve: warning: the nightly would fail now: {w}", file=sys.stderr)
         print(f"av2t serve: evaluate/nightly runs {schedule_words(s.cron, s.timezone)}", file=sys.stderr)
-    serve(*served)
+    # prefect.serve's own loop, without its catch of KeyboardInterrupt: ctrl-C and SIGTERM reach the CLI, which
+    # exits 130 / 143 as for every command (prefect.serve returned normally: exit 0).
+    runner = Runner(pause_on_shutdown=True)
+    for d in served:
+        runner.add_deployment(d)
+    show = getattr(prefect.flows, "_display_serve_start_message", None)  # the table of served deployments
+    if show is not None:
+        show(*served)
+    asyncio.run(runner.start())
 
 
 if __name__ == "__main__":

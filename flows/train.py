@@ -29,9 +29,10 @@ from prefect.cache_policies import NO_CACHE
 from flows.extract import preset_label, run_param, tag_flow_run
 from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import run_flow
+from pipeline.files import OutputLock
 from pipeline.model import HeadConfig
 from pipeline.settings import TrainConfig, TrainFlowSettings
-from stages.train import load_sweep, sweep
+from stages.train import head_folders, load_sweep, sweep
 
 
 def train_run_name(parameters: dict[str, Any] | None = None) -> str:
@@ -158,10 +159,13 @@ def run(s: TrainFlowSettings) -> list[dict[str, Any]]:
     cfg = s.stage()
     # Read here first: a bad sweep file is refused before any server starts or any head trains.
     heads = load_sweep(s.sweep_file, s.preset) if s.sweep_file else {"head": cfg.head_config()}
+    head_folders(cfg, heads)
 
     def direct() -> list[dict[str, Any]]:
         return sweep(cfg.model_copy(update={"progress": sys.stderr.isatty()}), heads).to_dict(
             orient="records"
         )
 
-    return run_flow("train", lambda: train_head(**flow_kwargs(train_head.fn, s)), direct)
+    # One writer per --out, refused before a server starts (the stage takes the same lock again inside).
+    with OutputLock(cfg.out):
+        return run_flow("train", lambda: train_head(**flow_kwargs(train_head.fn, s)), direct)

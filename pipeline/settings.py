@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.config import preset_file
 from pipeline.data.layout import SPLITS
@@ -96,6 +105,19 @@ class ExtractConfig(BaseModel):
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='per-encoder config overrides, e.g. {"sam2": {"trunk_block": 44}}'
     )
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_overrides(
+        cls, v: dict[str, dict[str, Any]], info: ValidationInfo
+    ) -> dict[str, dict[str, Any]]:
+        """Every override names an encoder and fields of its config: refused here, before any file is written."""
+        if v and info.data.get("preset") is not None:
+            from pipeline.encoders.registry import check_overrides  # imports torch: only when there are some
+
+            check_overrides(info.data["preset"], v)
+        return v
+
     block_rows: int = Field(32, ge=1, description="rows per write block (= zarr shard)")
     codec: str = Field(
         "none",

@@ -124,7 +124,11 @@ def require_encoder_group(cfg: ExtractConfig, group, enc: Encoder) -> EncoderGro
     """The encoder's sub-group for its fingerprint, with its arrays declared."""
     arrays = storage_specs(enc.output_shapes(), enc.output_dtypes(), cfg.dtype, cfg.quantize, cfg.codec)
     prov = with_precision(enc.provenance(), compute_precision(cfg))
-    return group.require_encoder(enc.name, prov, arrays, cfg.allow_other_fingerprints)
+    preset = (
+        str(Path(cfg.preset).resolve()) if "/" in str(cfg.preset) else str(cfg.preset)
+    )  # a folder: absolute
+    given = {"root": str(Path(cfg.root).resolve()), "preset": preset}
+    return group.require_encoder(enc.name, prov, arrays, cfg.allow_other_fingerprints, given)
 
 
 class InputCache:

@@ -22,7 +22,7 @@ from pipeline.data.layout import mask_kind
 from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.encoders.registry import resolve_device
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
-from pipeline.files import save_torch, write_atomic, write_text
+from pipeline.files import OutputLock, clean_temp, inside, safe_name, save_torch, write_atomic, write_text
 from pipeline.model import AV2TSAM, HeadConfig, head_config, segmentation_loss
 from pipeline.model.build import build_model, frozen_encoders, sam2_overrides
 from pipeline.model.head_checkpoint import head_payload, save_head
@@ -377,9 +377,16 @@ def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
     if held_head(ck["head"]) != run.head.model_dump(mode="json"):
         raise StoreError(f"{path}: was trained with another head config; {fix}")
     if ck["optim"] != optim.model_dump():
+        now = optim.model_dump()
+        held = ck["optim"] if isinstance(ck["optim"], dict) else {}
+        diffs = [
+            f"{k} {held.get(k)!r} -> {now.get(k)!r}"
+            for k in sorted({*held, *now})
+            if held.get(k) != now.get(k)
+        ]
         raise StoreError(
-            f"{path}: was trained with optimiser {ck['optim']}, not {optim.model_dump()}; "
-            f"the schedule would not match: {fix}"
+            f"{path}: was trained with other optimiser settings (the schedule would not match): {fix}; "
+            f"differences: {brief(', '.join(diffs))}"
         )
     try:
         run.model.load_trainable_state_dict(ck["trainable"], source=path)
@@ -388,11 +395,23 @@ def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
         run.best_mj, run.history, run.seconds = ck["best_mj"], list(ck["history"]), ck["seconds"]
         torch.set_rng_state(ck["torch_rng"])
         return int(ck["epoch"]) + 1
-    except CheckpointError as e:
-        raise CheckpointError(f"{e}; {fix}") from e
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: does not fit this run ({cause}); {fix}") from e
+    except (CheckpointError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        cause = (
+            str(e).strip().splitlines()[0].removeprefix(f"{path}: ") if str(e).strip() else type(e).__name__
+        )
+        # The way out first: the differences (a preset change: dozens of keys) are only the evidence.
+        raise CheckpointError(
+            f"{path}: does not fit this run (another preset or model?): {fix}; differences: {brief(cause)}"
+        ) from e
+
+
+def brief(text: str, limit: int = 240) -> str:
+    """text cut at about `limit` characters (at a separator), with how much was left out."""
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(sep, 0, limit) for sep in (", ", "; "))
+    cut = cut if cut > 0 else limit
+    return f"{text[:cut]} ... ({len(text) - cut} more characters)"
 
 
 def write_log(run: HeadRun, out: Path) -> None:
@@ -421,12 +440,29 @@ def write_log(run: HeadRun, out: Path) -> None:
 EpochHook = Callable[[str, dict[str, Any]], None]
 
 
+def head_folders(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> dict[str, Path]:
+    """Each head's output folder: cfg.out for one head, cfg.out/<name> in a sweep (a safe name, inside cfg.out)."""
+    if len(heads) == 1:
+        return dict.fromkeys(heads, cfg.out)
+    return {n: inside(cfg.out, safe_name(n, "sweep head")) for n in heads}
+
+
 def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | None = None) -> pd.DataFrame:
     """Train every head in one pass over the cached batches (each batch read once, fed to every head).
 
     on_epoch(head name, metrics row) is called after each head's epoch is validated and saved (the flow
-    reports progress to Prefect with it; the stage knows nothing of Prefect).
+    reports progress to Prefect with it; the stage knows nothing of Prefect). One writer per cfg.out: a
+    second run into it is refused (pipeline.files.OutputLock).
     """
+    outs = head_folders(cfg, heads)
+    with OutputLock(cfg.out):
+        clean_temp(cfg.out)  # temporary files of a run killed mid-save (dead pids only)
+        return _fit(cfg, heads, outs, on_epoch)
+
+
+def _fit(
+    cfg: TrainConfig, heads: dict[str, HeadConfig], outs: dict[str, Path], on_epoch: EpochHook | None
+) -> pd.DataFrame:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -459,7 +495,6 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
             encoders=frozen,
         )
         runs.append(make_run(name, head, model, optim, steps, precision, cfg.compile))
-    outs = {r.name: (cfg.out if len(runs) == 1 else cfg.out / r.name) for r in runs}
     negative_mixers(runs, cfg, train_feats, device)
     start = min(try_resume(r, outs[r.name], optim) if cfg.resume else 0 for r in runs)
     models = [r.model for r in runs]
@@ -587,6 +622,7 @@ def load_sweep(path: str | Path, preset: str = "tiny") -> dict[str, HeadConfig]:
         raise DataError(f"{path}: the sweep file names no head")
     heads = {}
     for name, fields in items:
+        safe_name(name, f"{path}: head")  # it becomes a folder under --out
         if not isinstance(fields, dict):
             raise DataError(f"{path}: head {name!r}: expected an object of head fields, got {fields!r}")
         try:
@@ -600,8 +636,9 @@ def load_sweep(path: str | Path, preset: str = "tiny") -> dict[str, HeadConfig]:
 
 def sweep(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | None = None) -> pd.DataFrame:
     """Train several heads in one pass and write comparison.csv / comparison.md under cfg.out."""
-    table = fit(cfg, heads, on_epoch)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    write_text(cfg.out / "comparison.csv", table.to_csv(index=False))
-    write_text(cfg.out / "comparison.md", table.to_markdown(index=False) + "\n")
+    head_folders(cfg, heads)  # a bad name is refused before the lock creates cfg.out
+    with OutputLock(cfg.out):  # held until the tables are written too
+        table = fit(cfg, heads, on_epoch)
+        write_text(cfg.out / "comparison.csv", table.to_csv(index=False))
+        write_text(cfg.out / "comparison.md", table.to_markdown(index=False) + "\n")
     return table

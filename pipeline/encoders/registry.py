@@ -42,6 +42,40 @@ def encoder_module(name: str, impl: str | None = None):
     return importlib.import_module(f"pipeline.encoders.{impl}")
 
 
+def check_overrides(preset: str | Path, overrides: dict[str, dict[str, Any]]) -> None:
+    """Refuse overrides that name no encoder or no field of the encoder's config (ValueError, one line).
+
+    Validated as build_encoder will, against the preset's config, so a bad override is refused before any
+    file is written rather than at the first build; a preset that cannot be read is left to its own error.
+    """
+    import difflib
+
+    from pydantic import ValidationError
+
+    for name, fields in overrides.items():
+        if name not in MODULES:
+            near = difflib.get_close_matches(name, MODULES, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"unknown encoder {name!r}{hint}; the encoders are {', '.join(MODULES)}")
+        try:
+            raw = {**encoder_config(preset, name), **fields}
+        except ValueError:
+            continue
+        mod = encoder_module(name, raw.pop(IMPL_KEY, None))
+        try:
+            mod.Config.model_validate(raw)
+        except ValidationError as e:
+            problems = []
+            for err in e.errors(include_url=False):
+                where = ".".join(str(x) for x in (name, *err["loc"]))
+                text = err["msg"]
+                if err["type"] == "extra_forbidden":
+                    near = difflib.get_close_matches(str(err["loc"][-1]), mod.Config.model_fields, n=1)
+                    text = "no such field" + (f" (did you mean {near[0]!r}?)" if near else "")
+                problems.append(f"{where}: {text}")
+            raise ValueError("; ".join(problems)) from None
+
+
 def build_encoder(
     name: str,
     preset: str | Path = "tiny",
