@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,15 @@ from pipeline.data.synth import write_synthetic
 from pipeline.settings import DemoSettings
 
 
+@contextmanager
+def step(subset: str, what: str) -> Iterator[None]:
+    """One line per demo stage on stderr: what runs now, then its time (the stages draw their own bars)."""
+    print(f"[{subset}] {what} ...", file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    yield
+    print(f"[{subset}] {what}: done in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+
+
 @flow(name="demo", flow_run_name="demo")
 @model_params(DemoSettings)
 def demo(**params: Any) -> list[dict]:
@@ -29,30 +41,34 @@ def demo(**params: Any) -> list[dict]:
     # S4 trains on frame 1 only (the only annotated one), so it needs more videos than MS3 for as many rows.
     for subset, videos in (("s4", s.s4_videos), ("ms3", s.ms3_videos)):
         t = time.perf_counter()
-        write_synthetic(root, subset, videos=videos, seed=s.seed)
+        with step(subset, f"synthetic data ({videos} videos)"):
+            write_synthetic(root, subset, videos=videos, seed=s.seed)
         store = str(base / f"{subset}.zarr")
         # The demo rewrites its data, so it starts a fresh store and head (a store never mixes clip lists).
         for old in (Path(store), base / f"train-{subset}"):
             shutil.rmtree(old, ignore_errors=True)
-        extract_features(root=str(root), subset=subset, store=store, device="cpu", preset=s.preset)
-        table = train_head(
-            store=store,
-            subset=subset,
-            preset=s.preset,
-            epochs=s.epochs,
-            out=str(base / f"train-{subset}"),
-            device="cpu",
-            resume=False,
-        )
-        result = evaluate(
-            checkpoint=table[0]["checkpoint"],
-            root=str(root),
-            subset=subset,
-            split="test",
-            mode="end-to-end",
-            reports=str(base / "reports"),
-            device="cpu",
-        )
+        with step(subset, "extract-features (CLIP, CLAP, SAM, BEiT-3, GT into the store)"):
+            extract_features(root=str(root), subset=subset, store=store, device="cpu", preset=s.preset)
+        with step(subset, f"train-head ({s.epochs} epochs on the cached features)"):
+            table = train_head(
+                store=store,
+                subset=subset,
+                preset=s.preset,
+                epochs=s.epochs,
+                out=str(base / f"train-{subset}"),
+                device="cpu",
+                resume=False,
+            )
+        with step(subset, "evaluate (end to end on the test split)"):
+            result = evaluate(
+                checkpoint=table[0]["checkpoint"],
+                root=str(root),
+                subset=subset,
+                split="test",
+                mode="end-to-end",
+                reports=str(base / "reports"),
+                device="cpu",
+            )
         report = pd.read_json(result["report"], typ="series")
         rows.append(
             {

@@ -1,4 +1,4 @@
-"""The deployments `av2t serve` serves (also `python -m flows.serve`, which takes the same options).
+"""The deployments `av2t serve` serves (`av2t serve`, or `python -m flows.cli serve`).
 
 | deployment | flow | tags | runs |
 |---|---|---|---|
@@ -212,9 +212,3 @@ def main(settings: ServeSettings) -> None:
     if show is not None:
         show(*served)
     asyncio.run(runner.start())
-
-
-if __name__ == "__main__":
-    from flows.cli import main as cli
-
-    sys.exit(cli(["serve", *sys.argv[1:]]))

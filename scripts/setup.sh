@@ -20,7 +20,17 @@ if [ -f "$stamp" ]; then
   exit 0
 fi
 
-pip() { "$py" -m pip "$@"; }
+log="$venv/.av2t-setup.log"
+: >"$log"
+# Quiet where it works: pip's output goes to the log; a failing step prints the log and stops.
+pip() {
+  if ! "$py" -m pip "$@" >>"$log" 2>&1; then
+    cat "$log" >&2
+    echo "av2t setup: 'pip $*' failed (full log above, also in $log)" >&2
+    exit 1
+  fi
+}
+echo "av2t setup: installing the stack into $venv (about a minute with a warm pip cache; log: $log)" >&2
 # Every step is constrained to the CPU torch, also inside isolated build environments:
 # an unconstrained resolve pulls a CUDA torch and several GB of nvidia wheels.
 export PIP_CONSTRAINT="$here/constraints.txt"
@@ -35,3 +45,6 @@ pip install -q --no-deps "laion-clap==1.1.7" "msclap==1.3.4" "torchscale==0.3.0"
 SAM2_BUILD_CUDA=0 pip install -q --no-build-isolation "sam2==1.1.0"
 pip install -q -e ".[dev]"
 touch "$stamp"
+# pip's resolver reports the stale pins installed around above as "ERROR: ... incompatible": expected.
+echo "av2t setup: done; laion-clap, msclap and torchscale are installed without their stale pins on purpose" \
+  "(docs/install.md says why), so 'pip check' lists them" >&2

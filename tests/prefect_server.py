@@ -1,6 +1,6 @@
 """A real Prefect server on loopback with a temporary PREFECT_HOME, plus the project's served deployments.
 
-`av2t serve` (as `python -m flows.serve`) serves them, its nightly on <home>/nightly/{data,runs,reports}:
+`av2t serve` (as `python -m flows.cli serve`) serves them, its nightly on <home>/nightly/{data,runs,reports}:
 folders created empty here, which a test fills (it reads them back from the nightly deployment's parameters).
 """
 
@@ -116,7 +116,7 @@ def prefect_server(home: Path, serve: bool = True, serve_args: list[str] | None 
             args = nightly_folders(home) if serve_args is None else serve_args
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "flows.serve", *args],
+                    [sys.executable, "-m", "flows.cli", "serve", *args],
                     env=env,
                     cwd=str(REPO),
                     stdout=files.enter_context(open(logs / "serve.log", "w")),  # noqa: SIM115

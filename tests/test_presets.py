@@ -110,3 +110,9 @@ def test_cycles_and_unknown_parents_fail_clearly(tmp_path):
         preset_chain(tmp_path / "odd")
     with pytest.raises(ValueError, match="has no config for encoder 'clip'"):
         encoder_config(write_preset(tmp_path / "empty"), "clip")
+
+
+def test_the_settings_list_the_registrys_encoders():
+    from pipeline import settings
+
+    assert settings.ENCODER_NAMES == ENCODER_NAMES

@@ -12,7 +12,6 @@ import torch
 from pipeline.config import encoder_config
 from pipeline.encoders.base import Encoder
 from pipeline.provenance import canonical_json
-from pipeline.settings import ENCODER_NAMES
 
 # encoder name -> its default module under pipeline.encoders; each module has `Config` (pydantic) and `build`.
 MODULES = {
@@ -22,7 +21,8 @@ MODULES = {
     "beit3": "beit3",
     "gt": "gt_mask",
 }
-assert tuple(MODULES) == ENCODER_NAMES, "pipeline.settings.ENCODER_NAMES lists the store's encoders"
+# The same tuple as pipeline.settings.ENCODER_NAMES (the light copy the CLI reads; tests/test_presets.py checks).
+ENCODER_NAMES: tuple[str, ...] = tuple(MODULES)
 # Other implementations an encoder name may take: a preset's <encoder>.json picks one with "impl". The store
 # and the head still see the encoder name; its outputs' widths come from the implementation.
 IMPLEMENTATIONS = {name: (module,) for name, module in MODULES.items()} | {

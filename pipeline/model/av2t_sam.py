@@ -41,7 +41,7 @@ from pipeline.encoders.beit3 import OUTPUT as BEIT3_PATCHES
 from pipeline.encoders.beit3 import Beit3Encoder
 from pipeline.model.adapters import AdapterBank
 from pipeline.model.config import HeadConfig
-from pipeline.model.fusion import Projector
+from pipeline.model.projector import Projector
 
 # The clip / clap encoders' output names (their modules' OUTPUT; not imported here: open_clip and
 # laion_clap take seconds to import and training from the cache never needs them).
