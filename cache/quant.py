@@ -87,7 +87,7 @@ def to_storage(
     return out
 
 
-def nonfinite_rows(stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def nonfinite_row_flags(stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Per row, whether any stored float value is inf or nan (a float16 cast of a large value included)."""
     bad = None
     for y in stored.values():

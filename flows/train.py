@@ -31,8 +31,9 @@ from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import run_flow
 from pipeline.files import OutputLock
 from pipeline.model import HeadConfig
+from pipeline.model.sweep import load_sweep
 from pipeline.settings import TrainConfig, TrainFlowSettings
-from stages.train import head_folders, load_sweep, sweep
+from stages.train import head_folders, sweep
 
 
 def train_run_name(parameters: dict[str, Any] | None = None) -> str:

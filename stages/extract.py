@@ -17,7 +17,7 @@ import torch
 
 from cache import ArraySpec, EncoderGroup, FeatureStore, SplitGroup, SplitIndex, StoreError, fingerprint
 from cache.negatives import has_negative_clap, write_negative_clap
-from cache.quant import nonfinite_rows, storage_specs, to_storage
+from cache.quant import nonfinite_row_flags, storage_specs, to_storage
 from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
 from pipeline.data.images import load_frame, protocol_mask
@@ -274,7 +274,7 @@ def encode_on_device(
     with torch.inference_mode(), autocast(precision, enc.device):
         y = enc.encode(enc.device_input(x))
     stored = to_storage({k: v for k, v in y.items() if k in specs}, specs)
-    return stored, nonfinite_rows(stored)
+    return stored, nonfinite_row_flags(stored)
 
 
 class Extraction:

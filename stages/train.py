@@ -14,19 +14,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cache import EncoderGroup, FeatureStore, StoreError
+from cache import EncoderGroup, FeatureStore
 from cache.batches import FeatureBatches, Source, sources, to_device, video_outputs
 from cache.feed import TrainReader, open_reader
 from cache.negative_batches import NegativeMixer, negative_bank
+from cache.quant import nonfinite_row_flags
 from pipeline.data.layout import mask_kind
 from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.encoders.registry import resolve_device
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
 from pipeline.files import OutputLock, clean_temp, inside, safe_name, save_torch, write_atomic, write_text
-from pipeline.model import AV2TSAM, HeadConfig, head_config, segmentation_loss
+from pipeline.model import AV2TSAM, HeadConfig, segmentation_loss
 from pipeline.model.build import build_model, frozen_encoders, sam2_overrides
 from pipeline.model.head_checkpoint import head_payload, save_head
 from pipeline.model.precision import as_fp32, autocast, resolve_precision
+from pipeline.model.resume import read_last, restore
 from pipeline.negatives import offscreen_rank
 from pipeline.settings import OptimConfig, TrainConfig
 
@@ -37,30 +39,23 @@ class TrainingDiverged(RuntimeError):
     """Training met a non-finite loss, output or weight; nothing was saved from that state."""
 
 
-def row_nonfinite(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def batch_nonfinite(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B,) bool on the batch's device: rows with a non-finite value in any feature (no host round trip)."""
-    bad = None
-    for k, v in batch.items():
-        if k != "row" and v.is_floating_point():
-            b = ~torch.isfinite(v.flatten(1)).all(1)
-            bad = b if bad is None else bad | b
-    if bad is None:
-        return torch.zeros(len(next(iter(batch.values()))), dtype=torch.bool)
-    return bad
+    return nonfinite_row_flags({k: v for k, v in batch.items() if k != "row"})
 
 
-def nonfinite_rows(bad: torch.Tensor, rows: np.ndarray, index) -> list[str]:
-    """The rows flagged by `row_nonfinite`, as 'video frame k (row r)'."""
+def describe_rows(bad: torch.Tensor, rows: np.ndarray, index) -> list[str]:
+    """The rows flagged by `nonfinite_row_flags`, as 'video frame k (row r)'."""
     return [f"{index.video[r]} frame {int(index.frame[r])} (row {int(r)})" for r in rows[bad.cpu().numpy()]]
 
 
 def diverged(what: str, bad: torch.Tensor, rows: np.ndarray, index, cfg: TrainConfig) -> TrainingDiverged:
     """The error for a non-finite value at `what`, naming the rows whose features are not finite, if any.
 
-    `bad` is the step's `row_nonfinite` flags (kept per step: the batch itself is gone when the epoch's
+    `bad` is the step's `batch_nonfinite` flags (kept per step: the batch itself is gone when the epoch's
     losses are read).
     """
-    found = nonfinite_rows(bad, rows, index)
+    found = describe_rows(bad, rows, index)
     if found:
         cause = (
             f"non-finite features in {len(found)} row(s): {', '.join(found[:5])}"
@@ -235,7 +230,7 @@ def epoch_loss(
 ) -> float:
     """The epoch's mean train loss, read from the device once; the first non-finite step raises, named.
 
-    losses, bad (each step's `row_nonfinite`) and rows (each step's store rows) are kept per step (0-based).
+    losses, bad (each step's `batch_nonfinite`) and rows (each step's store rows) are kept per step (0-based).
     """
     if not losses:
         return float("nan")
@@ -265,7 +260,7 @@ def validate(
 
     def forward(batch: dict[str, torch.Tensor], rows) -> dict[str, Any]:
         logits = {}
-        bad.append(row_nonfinite(batch))
+        bad.append(batch_nonfinite(batch))
         seen.append(rows)
         for i, run in enumerate(runs):
             run.model.eval()
@@ -342,76 +337,14 @@ def save_checkpoints(
     save_torch(last, out / "last.pt")
 
 
-def held_head(fields: Any) -> Any:
-    """A checkpoint's head fields as this version dumps them (a field added since takes its default)."""
-    try:
-        return HeadConfig.model_validate(fields).model_dump(mode="json")
-    except ValueError:  # not a head of this version: compared as held, so it differs
-        return fields
-
-
 def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
-    """Restore a run from out/last.pt; returns the first epoch still to train (0 when starting fresh)."""
-    path = out / "last.pt"
-    if not path.is_file():
+    """Restore a run from out/last.pt (pipeline.model.resume); the first epoch still to train (0: fresh)."""
+    held = read_last(out / "last.pt", run.head, optim)
+    if held is None:
         return 0
-    from pipeline.checkpoints import CheckpointError
-
-    fix = "start afresh with --no-resume (it will be overwritten), or train into another --out"
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # garbage, truncated, or a pickle of other objects: no common base class
-        text = str(e).strip()
-        cause = (
-            "not a torch file of tensors and plain values"
-            if text.startswith("Weights only load failed")
-            else (text.splitlines()[0][:160] if text else type(e).__name__)
-        )
-        raise CheckpointError(f"{path}: cannot be read as a training checkpoint ({cause}); {fix}") from e
-    keys = ("head", "optim", "trainable", "optimizer", "scheduler", "best_mj", "history", "seconds", "epoch")
-    missing = [k for k in (*keys, "torch_rng") if k not in ck] if isinstance(ck, dict) else None
-    if missing is None or missing:
-        gone = ", ".join(missing[:4]) + (", ..." if len(missing or ()) > 4 else "") if missing else ""
-        what = f"a {type(ck).__name__}" if missing is None else f"a checkpoint without {gone}"
-        raise CheckpointError(f"{path}: not a last.pt of the train stage ({what}: a best.pt?); {fix}")
-    if held_head(ck["head"]) != run.head.model_dump(mode="json"):
-        raise StoreError(f"{path}: was trained with another head config; {fix}")
-    if ck["optim"] != optim.model_dump():
-        now = optim.model_dump()
-        held = ck["optim"] if isinstance(ck["optim"], dict) else {}
-        diffs = [
-            f"{k} {held.get(k)!r} -> {now.get(k)!r}"
-            for k in sorted({*held, *now})
-            if held.get(k) != now.get(k)
-        ]
-        raise StoreError(
-            f"{path}: was trained with other optimiser settings (the schedule would not match): {fix}; "
-            f"differences: {brief(', '.join(diffs))}"
-        )
-    try:
-        run.model.load_trainable_state_dict(ck["trainable"], source=path)
-        run.opt.load_state_dict(ck["optimizer"])
-        run.sched.load_state_dict(ck["scheduler"])
-        run.best_mj, run.history, run.seconds = ck["best_mj"], list(ck["history"]), ck["seconds"]
-        torch.set_rng_state(ck["torch_rng"])
-        return int(ck["epoch"]) + 1
-    except (CheckpointError, RuntimeError, ValueError, KeyError, TypeError) as e:
-        cause = (
-            str(e).strip().splitlines()[0].removeprefix(f"{path}: ") if str(e).strip() else type(e).__name__
-        )
-        # The way out first: the differences (a preset change: dozens of keys) are only the evidence.
-        raise CheckpointError(
-            f"{path}: does not fit this run (another preset or model?): {fix}; differences: {brief(cause)}"
-        ) from e
-
-
-def brief(text: str, limit: int = 240) -> str:
-    """text cut at about `limit` characters (at a separator), with how much was left out."""
-    if len(text) <= limit:
-        return text
-    cut = max(text.rfind(sep, 0, limit) for sep in (", ", "; "))
-    cut = cut if cut > 0 else limit
-    return f"{text[:cut]} ... ({len(text) - cut} more characters)"
+    state = restore(held, out / "last.pt", run.model, run.opt, run.sched)
+    run.best_mj, run.history, run.seconds = state.best_mj, state.history, state.seconds
+    return state.next_epoch
 
 
 def write_log(run: HeadRun, out: Path) -> None:
@@ -524,7 +457,7 @@ def _fit(
         )
         for step, raw in enumerate(train_ds.epoch(epoch, cfg.max_steps)):
             batch = to_device(raw, device)
-            bad[step] = row_nonfinite(batch)
+            bad[step] = batch_nonfinite(batch)
             step_rows[step] = raw["row"].numpy()
             for i in todo:
                 mix = runs[i].negatives
@@ -596,42 +529,6 @@ def comparison(runs: list[HeadRun], outs: dict[str, Path]) -> pd.DataFrame:
 def train(cfg: TrainConfig, on_epoch: EpochHook | None = None) -> pd.DataFrame:
     """Train the config's one head."""
     return fit(cfg, {"head": cfg.head_config()}, on_epoch)
-
-
-def load_sweep(path: str | Path, preset: str = "tiny") -> dict[str, HeadConfig]:
-    """A sweep file: JSON {name: HeadConfig fields} (or a list of {"name": ..., **fields}) over the preset's head."""
-    from pipeline.data.clips import DataError  # an input file's error, naming the file (a ValueError)
-
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the sweep file: {e.strerror or e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f"{e.msg}: line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
-        raise DataError(f"{path}: the sweep file is not valid JSON: {where}") from e
-    if isinstance(raw, dict):
-        items = list(raw.items())
-    elif isinstance(raw, list) and all(isinstance(d, dict) and "name" in d for d in raw):
-        items = [(d["name"], {k: v for k, v in d.items() if k != "name"}) for d in raw]
-    else:
-        raise DataError(
-            f'{path}: a sweep file holds {{name: head fields}} or a list of {{"name": ..., head fields}}'
-        )
-    if not items:
-        raise DataError(f"{path}: the sweep file names no head")
-    heads = {}
-    for name, fields in items:
-        safe_name(name, f"{path}: head")  # it becomes a folder under --out
-        if not isinstance(fields, dict):
-            raise DataError(f"{path}: head {name!r}: expected an object of head fields, got {fields!r}")
-        try:
-            heads[str(name)] = head_config(preset, **fields)
-        except (ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
-            errs = e.errors(include_url=False) if hasattr(e, "errors") else None
-            why = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in errs) if errs else e
-            raise DataError(f"{path}: head {name!r}: invalid head config: {why}") from e
-    return heads
 
 
 def sweep(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | None = None) -> pd.DataFrame:

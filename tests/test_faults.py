@@ -401,7 +401,7 @@ def test_the_repair_hint_prints_the_extractions_root_and_preset(tmp_path):
 
 
 def test_brief_keeps_the_start_and_says_how_much_was_cut():
-    from stages.train import brief
+    from pipeline.model.resume import brief
 
     keys = ", ".join(f"mm_extractor.beit3.encoder.layers.{i}.weight" for i in range(40))
     short = brief(keys)
@@ -413,7 +413,7 @@ def test_brief_keeps_the_start_and_says_how_much_was_cut():
 def test_resuming_with_other_settings_says_no_resume_first(tmp_path):
     import torch
 
-    from cache import StoreError
+    from pipeline.checkpoints import CheckpointError
     from pipeline.model import HeadConfig
     from pipeline.settings import OptimConfig
     from stages.train import HeadRun, try_resume
@@ -429,7 +429,7 @@ def test_resuming_with_other_settings_says_no_resume_first(tmp_path):
     run = HeadRun(
         "head", head, model=None, opt=None, sched=None
     )  # the settings are compared before the model
-    with pytest.raises(StoreError) as e:
+    with pytest.raises(CheckpointError) as e:
         try_resume(run, tmp_path, OptimConfig(lr=2e-4, epochs=40))
     text = str(e.value)
     assert text.index("--no-resume") < text.index("differences: lr 0.005 -> 0.0002")

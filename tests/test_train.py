@@ -17,8 +17,9 @@ from pipeline.files import OutputError
 from pipeline.model import head_config
 from pipeline.model.build import build_model
 from pipeline.model.head_checkpoint import load_head, read_head
+from pipeline.model.sweep import load_sweep
 from pipeline.settings import OptimConfig, TrainConfig
-from stages.train import TrainingDiverged, fit, load_sweep, sweep, train
+from stages.train import TrainingDiverged, fit, sweep, train
 
 
 @pytest.fixture(scope="module")
