@@ -27,7 +27,7 @@ from bench import common
 from cache import ArraySpec, FeatureStore, SplitIndex
 from cache.batches import FeatureBatches, Source, prefetch
 from cache.feed import open_reader
-from cache.store import CODECS
+from cache.specs import CODECS
 
 
 def fake_rows(shape: tuple[int, ...], dtype: str, n: int, rng: np.random.Generator) -> np.ndarray:

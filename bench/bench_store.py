@@ -22,7 +22,7 @@ from bench import common
 from cache import ArraySpec, FeatureStore, SplitIndex
 from cache.batches import FeatureBatches, Source
 from cache.feed import open_reader
-from cache.store import CODECS
+from cache.specs import CODECS
 
 # SAM 2's 64x64 image embedding (256 channels): the largest array a head trains from.
 SHAPE = (256, 64, 64)

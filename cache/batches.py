@@ -12,9 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cache.errors import StoreError
 from cache.index import SplitIndex
-from cache.quant import dequantize, scale_name
-from cache.store import EncoderGroup, FeatureStore, StoreError, read_rows
+from cache.quant import dequantize
+from cache.shards import read_rows
+from cache.specs import scale_name
+from cache.store import EncoderGroup, FeatureStore
 
 
 @dataclass(frozen=True)

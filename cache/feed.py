@@ -23,7 +23,8 @@ import torch
 
 from cache.batches import FeatureBatches, Source, prefetch
 from cache.quant import torch_dtype
-from cache.store import FeatureStore, object_rows_raw, outer_rows, read_rows_many
+from cache.shards import object_rows_raw, outer_rows, read_rows_many
+from cache.store import FeatureStore
 
 Mode = Literal["auto", "resident", "streaming"]
 DEFAULT_WINDOW = 8  # blocks whose rows are shuffled together (8 x 32 rows at the default block size)

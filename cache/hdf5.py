@@ -8,8 +8,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cache.errors import StoreError
 from cache.index import SplitIndex
-from cache.store import ArraySpec, FeatureStore, StoreError
+from cache.specs import ArraySpec
+from cache.store import FeatureStore
 
 STR = h5py.string_dtype("utf-8")
 

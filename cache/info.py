@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cache.quant import SCALE_SUFFIX, scale_names
-from cache.store import UNCHECKED, FeatureStore, StoreDamaged
+from cache.errors import UNCHECKED, VERIFY_IT, StoreDamaged
+from cache.specs import SCALE_SUFFIX, scale_names
+from cache.store import FeatureStore
 
 
 def store_info(store: FeatureStore) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def info_text(info: dict[str, Any]) -> str:
     if not info["groups"]:
         lines.append("  (no groups)")
     for g in info["groups"]:
-        videos = "? (index damaged: run `av2t cache verify`)" if g["videos"] is None else g["videos"]
+        videos = f"? (index damaged: {VERIFY_IT})" if g["videos"] is None else g["videos"]
         lines.append(
             f"{g['subset']}/{g['split']}: {videos} videos, {g['rows']} rows (index {g['index_digest']}, "
             f"{'checked (crc32c)' if g['index_checksum'] else 'unchecked'})"
@@ -113,6 +114,6 @@ def info_text(info: dict[str, Any]) -> str:
             if e["rows_missing_chunks"]:
                 lines.append(
                     f"    {e['rows_missing_chunks']} row(s) marked done have missing chunks and are not counted: "
-                    "run `av2t cache verify`"
+                    f"{VERIFY_IT}"
                 )
     return "\n".join(lines)

@@ -21,7 +21,8 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from cache.store import FeatureStore, SplitGroup, StoreError
+from cache.errors import StoreError
+from cache.store import FeatureStore, SplitGroup
 from pipeline.provenance import fingerprint
 
 GROUP = "negatives"

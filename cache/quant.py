@@ -12,55 +12,38 @@ on the device after it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
 import numpy as np
 import torch
 
-from cache.store import ArraySpec
+from cache.specs import (
+    QUANTIZE,
+    SCALE_SUFFIX,
+    ArraySpec,
+    Quantize,
+    quantizable,
+    scale_name,
+    scale_names,
+    storage_specs,
+)
 
-Quantize = Literal["none", "int8"]
-QUANTIZE = ("none", "int8")
-SCALE_SUFFIX = "_scale"
 QMAX = 127
-
-
-def scale_name(name: str) -> str:
-    """The companion array holding the int8 array `name`'s scales."""
-    return name + SCALE_SUFFIX
-
-
-def scale_names(specs: Mapping[str, ArraySpec]) -> set[str]:
-    """The companion scale arrays among specs: `<name>_scale` of an int8 array `name`."""
-    return {scale_name(k) for k, s in specs.items() if s.dtype == "int8" and scale_name(k) in specs}
-
-
-def quantizable(shape: tuple[int, ...]) -> bool:
-    """Whether a per-row shape is a (C, H, W) map (stored int8 when asked)."""
-    return len(shape) == 3
-
-
-def storage_specs(
-    shapes: Mapping[str, tuple[int, ...]],
-    fixed: Mapping[str, str],
-    dtype: str,
-    quantize: Quantize,
-    codec: str,
-) -> dict[str, ArraySpec]:
-    """The arrays an encoder's outputs are stored as: its fixed dtypes, else `dtype`; maps int8 + scales."""
-    if quantize not in QUANTIZE:
-        raise ValueError(f"quantize {quantize!r}: choose from {QUANTIZE}")
-    out = {}
-    for name, shape in shapes.items():
-        shape = tuple(int(s) for s in shape)
-        if name in fixed:
-            out[name] = ArraySpec(shape, fixed[name], codec)
-        elif quantize == "int8" and quantizable(shape):
-            out[name] = ArraySpec(shape, "int8", codec)
-            out[scale_name(name)] = ArraySpec(shape[:1], "float32", codec)
-        else:
-            out[name] = ArraySpec(shape, dtype, codec)
-    return out
+# The storage specs (what an encoder's outputs are stored as, int8 included) are cache.specs'; named here too.
+__all__ = [
+    "QMAX",
+    "QUANTIZE",
+    "SCALE_SUFFIX",
+    "Quantize",
+    "dequantize",
+    "nonfinite_row_flags",
+    "quantizable",
+    "quantize_int8",
+    "scale_name",
+    "scale_names",
+    "storage_specs",
+    "to_storage",
+    "torch_dtype",
+]
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

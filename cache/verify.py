@@ -6,37 +6,32 @@ has them; arrays written before checksums are only checked for decoding), float 
 finite, and no chunk holding done rows is absent (it would read back as zeros). int8 feature maps
 (extract --quantize int8) hold no inf/nan, so only their checksums say a chunk is damaged; their float32
 `<name>_scale` arrays are checked for finite values like any float array, and the repair commands carry
---quantize int8.
+the quantisation.
 
 Repair takes the damage out of the completion record: for each damaged chunk, the stored objects of its
 block (the array's shard, and the block's chunk of the completion record) are deleted, so all rows of that
-block read as not done and `av2t extract` recomputes the whole block (a damaged block cannot be read back,
+block read as not done and an extraction recomputes the whole block (a damaged block cannot be read back,
 so it is not patched row by row). A damaged index deletes its split group (its rows are unknown): extract
 then rebuilds the split.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from zarr.core.sync import sync as zarr_sync
 
-from cache.store import (
-    CHECKSUM,
-    MISSING,
-    UNCHECKED,
-    Damage,
-    EncoderGroup,
-    FeatureStore,
-    SplitGroup,
-    damage_message,
-    extract_commands,
-    n_objects,
-    object_key,
-    repair_command,
-)
+from cache.errors import MISSING, UNCHECKED, Damage, damage_message
+from cache.shards import n_objects, object_key
+from cache.specs import CHECKSUM
+from cache.store import EncoderGroup, FeatureStore, SplitGroup
+
+# How the damage reads in a report: (damage, repaired) -> text. cache.errors.damage_message says the fix in
+# words; the `av2t cache verify` command passes flows.store_hints.damage_text, which names the commands.
+DamageText = Callable[[list[Damage], bool], str]
 
 
 @dataclass
@@ -57,15 +52,10 @@ class VerifyReport:
         """No damage found."""
         return not self.damage
 
-    def fix(self) -> list[str]:
-        """The commands that repair the damage, in order (empty when clean)."""
-        if self.ok:
-            return []
-        return ([] if self.repaired else [repair_command(self.store)]) + extract_commands(self.damage)
-
-    def to_json(self) -> dict[str, Any]:
-        """One JSON object: problems, summary, unchecked arrays, fix commands, repair actions."""
-        return {
+    def to_json(self, fix: list[str] | None = None) -> dict[str, Any]:
+        """One JSON object: problems, summary, unchecked arrays, the fix (commands, given by the caller that
+        knows them: flows.store_hints.fix_commands; left out without), repair actions."""
+        out = {
             "store": self.store,
             "ok": self.ok,
             "problems": [d.to_json() for d in self.damage],
@@ -79,12 +69,15 @@ class VerifyReport:
                 "rows_affected": _rows_affected(self.damage),
             },
             "unchecked": self.unchecked,
-            "fix": self.fix(),
+            "fix": fix,
             "repaired": self.repaired,
         }
+        if fix is None:
+            del out["fix"]
+        return out
 
-    def to_text(self) -> str:
-        """The human report; ends with what to do."""
+    def to_text(self, damage_text: DamageText | None = None) -> str:
+        """The human report; ends with what to do (in words, or as `damage_text` puts it)."""
         lines = [
             f"verify {self.store}: {self.groups} group(s), {self.encoders} encoder(s), {self.arrays} array(s), "
             f"{self.objects} stored object(s) read"
@@ -105,7 +98,8 @@ class VerifyReport:
             )
             if r["groups_deleted"]:
                 lines.append(f"deleted split group(s) with a damaged index: {', '.join(r['groups_deleted'])}")
-        lines.append(damage_message(self.damage, repaired=bool(self.repaired)))
+        render = damage_text or (lambda damage, repaired: damage_message(damage, repaired=repaired))
+        lines.append(render(self.damage, bool(self.repaired)))
         return "\n".join(lines)
 
 
@@ -121,7 +115,7 @@ def verify_encoder(enc: EncoderGroup, report: VerifyReport) -> None:
     report.encoders += 1
     done_damage = enc.scan("done")
     report.damage += done_damage
-    done = enc._done_tolerant()
+    done = enc.done_tolerant()
     for name in [*enc.specs, "done"]:
         report.arrays += 1
         arr = enc.group[name]
@@ -173,7 +167,7 @@ def repair(store: FeatureStore, report: VerifyReport) -> VerifyReport:
         encoders = {e.key: e for e in g.encoders()}
         for d in damage:
             enc = encoders[d.encoder]
-            done = enc._done_tolerant()
+            done = enc.done_tolerant()
             for b in _blocks(g, d):
                 sl = g.block_slice(b)
                 keys = [object_key(enc.group["done"], b)]

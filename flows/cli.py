@@ -73,8 +73,9 @@ def _cmd_data_check(o: DataCheckOptions) -> int:
 
 
 def _cmd_cache_info(o: CacheInfoOptions) -> int:
-    from cache.info import info_text, store_info
+    from cache.info import store_info
     from cache.store import FeatureStore
+    from flows.store_hints import info_text
 
     info = store_info(FeatureStore(o.store, mode="r"))
     print(json.dumps(info, indent=2) if o.as_json else info_text(info))
@@ -84,12 +85,13 @@ def _cmd_cache_info(o: CacheInfoOptions) -> int:
 def _cmd_cache_verify(o: CacheVerifyOptions) -> int:
     from cache.store import FeatureStore
     from cache.verify import repair, verify_store
+    from flows.store_hints import verify_json, verify_text
 
     store = FeatureStore(o.store, mode="a" if o.repair else "r")
     report = verify_store(store)
     if o.repair and not report.ok:
         report = repair(store, report)
-    print(json.dumps(report.to_json(), indent=2) if o.as_json else report.to_text())
+    print(json.dumps(verify_json(report), indent=2) if o.as_json else verify_text(report))
     return 0 if report.ok else 1  # 1: damage found (with --repair: taken out, to re-extract)
 
 
@@ -446,7 +448,7 @@ def _named_metadata_error(o: Any, e: json.JSONDecodeError) -> Exception | None:
     The one path for every command with a store: zarr reads a node's zarr.json wherever the command first
     opens it (an array's size in `cache info`, its chunks in `cache verify`, ...), and says only 'not JSON'.
     """
-    store, module = getattr(o, "store", None), sys.modules.get("cache.store")
+    store, module = getattr(o, "store", None), sys.modules.get("cache.errors")
     if not isinstance(store, str) or module is None:
         return None
     return module.metadata_error(store, e)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 # The pipeline's errors for bad input (module, class); their messages name the file, store or option.
 USER_ERRORS = (
     ("pipeline.data.clips", "DataError"),
-    ("cache.store", "StoreError"),
+    ("cache.errors", "StoreError"),
     ("pipeline.checkpoints", "CheckpointError"),
     ("pipeline.files", "OutputError"),
     ("stages.train", "TrainingDiverged"),
@@ -135,10 +135,20 @@ def missing_package(e: ImportError) -> str | None:
     return None
 
 
+def message(e: BaseException) -> str:
+    """An error's text; a feature-store error's with the commands that fix it (flows.store_hints)."""
+    store_errors = sys.modules.get("cache.errors")
+    if store_errors is not None and isinstance(e, store_errors.StoreError):
+        from flows.store_hints import store_message
+
+        return store_message(e)
+    return str(e)
+
+
 def one_line(e: BaseException) -> str | None:
     """The one-line message for an ordinary error, or None for an unexpected one (a bug)."""
     if project_error(e):
-        return " ".join(str(e).split("\n")) or type(e).__name__
+        return " ".join(message(e).split("\n")) or type(e).__name__
     if isinstance(e, ValidationError):
         return validation_line(e)
     if isinstance(e, json.JSONDecodeError):

@@ -17,7 +17,8 @@ import torch
 
 from cache import ArraySpec, EncoderGroup, FeatureStore, SplitGroup, SplitIndex, StoreError, fingerprint
 from cache.negatives import has_negative_clap, write_negative_clap
-from cache.quant import nonfinite_row_flags, storage_specs, to_storage
+from cache.quant import nonfinite_row_flags, to_storage
+from cache.specs import storage_specs
 from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
 from pipeline.data.images import load_frame, protocol_mask

@@ -387,6 +387,7 @@ def test_the_repair_hint_prints_the_extractions_root_and_preset(tmp_path):
 
     from cache import FeatureStore
     from cache.verify import verify_store
+    from flows.store_hints import verify_text
 
     url = str(tmp_path / "s.zarr")
     given = {"root": "/data/AVS bench", "preset": "paper"}
@@ -396,7 +397,7 @@ def test_the_repair_hint_prints_the_extractions_root_and_preset(tmp_path):
         enc.write_block(b, block_data(enc, b))
     (chunk,) = [p for p in (tmp_path / "s.zarr").glob("s4/test/encoders/*/emb/c/1/*")]
     chunk.unlink()
-    text = verify_store(FeatureStore(url, mode="r")).to_text()
+    text = verify_text(verify_store(FeatureStore(url, mode="r")))
     assert "--root '/data/AVS bench' --preset paper" in text and "<" not in text, text
 
 

@@ -10,8 +10,9 @@ import torch
 from store_helpers import block_data, open_encoder
 
 from cache.batches import Source
+from cache.errors import StoreDamaged
 from cache.feed import TrainReader, block_order, open_reader
-from cache.store import StoreDamaged, object_key
+from cache.shards import object_key
 
 
 @pytest.fixture
@@ -144,7 +145,8 @@ def _none_store(url: str, block_rows: int = 4):
 
 
 def test_uncompressed_objects_read_without_zarr_decoding_equal_zarr(tmp_path):
-    from cache.store import DEFAULT_CODEC, object_rows_raw
+    from cache.shards import object_rows_raw
+    from cache.specs import DEFAULT_CODEC
 
     url = str(tmp_path / "n.zarr")
     enc = _none_store(url)

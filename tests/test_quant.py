@@ -12,11 +12,14 @@ from synthetic_run import train_head
 
 from cache import ArraySpec, FeatureStore
 from cache.batches import Source, sources, to_device
+from cache.errors import StoreError
 from cache.feed import open_reader
 from cache.info import info_text, store_info
-from cache.quant import QMAX, dequantize, quantize_int8, scale_name, storage_specs, to_storage
-from cache.store import StoreError, object_key
+from cache.quant import QMAX, dequantize, quantize_int8, to_storage
+from cache.shards import object_key
+from cache.specs import scale_name, storage_specs
 from cache.verify import repair, verify_store
+from flows.store_hints import fix_commands
 from pipeline.data.synth import write_synthetic
 from pipeline.settings import ExtractConfig
 from stages.evaluate import EvalConfig, evaluate
@@ -107,8 +110,8 @@ def test_int8_extraction_halves_the_bytes_within_half_a_step(stores):
     }
     assert q8.nbytes_stored() <= 0.55 * fp.nbytes_stored()
     assert q8.nbytes() <= 0.55 * fp.nbytes()
-    assert "--quantize int8" in q8.extract_options() and "--dtype" not in " ".join(q8.extract_options())
-    assert "--quantize int8" not in fp.extract_options()
+    assert ("quantize", "int8") in q8.extract_settings() and "dtype" not in dict(q8.extract_settings())
+    assert ("quantize", "int8") not in fp.extract_settings()
     for m in MAPS:
         ref = torch.from_numpy(fp.array(m)[:]).float()
         q, s = torch.from_numpy(q8.array(m)[:]), torch.from_numpy(q8.array(scale_name(m))[:])
@@ -210,7 +213,7 @@ def test_verify_finds_damage_in_an_int8_chunk_and_repair_remakes_it_quantised(st
     path.write_bytes(bytes(data))
     report = verify_store(FeatureStore(str(store), mode="r"))
     assert [(d.split, d.array) for d in report.damage] == [("train", "high_res_0")]
-    assert any("--quantize int8" in c for c in report.fix())
+    assert any("--quantize int8" in c for c in fix_commands(report))
     repair(FeatureStore(str(store)), report)
     extract(
         ExtractConfig(

@@ -237,7 +237,8 @@ def test_the_direct_writer_writes_the_bytes_zarr_writes(tmp_path, rows, block):
     ones zarr writes (sharded and not, edge chunks padded), and read back through zarr."""
     import zarr
 
-    from cache.store import WRITE_ALL_CHUNKS, _create_feature_array, _raw_layout, object_key, write_object_raw
+    from cache.shards import object_key, raw_layout, write_object_raw
+    from cache.store import WRITE_ALL_CHUNKS, create_feature_array
 
     specs = {
         "map": ArraySpec((64, 32, 32), "float16"),  # sharded: 128 KiB rows, 1 MiB chunks
@@ -249,7 +250,7 @@ def test_the_direct_writer_writes_the_bytes_zarr_writes(tmp_path, rows, block):
     for name, spec in specs.items():
         ours, theirs = (zarr.open_group(str(tmp_path / k), mode="a") for k in ("ours", "zarr"))
         for g in (ours, theirs):
-            _create_feature_array(g, name, spec, rows, block)
+            create_feature_array(g, name, spec, rows, block)
         a, b = (g[name].with_config(WRITE_ALL_CHUNKS) for g in (ours, theirs))
         x = (rng.standard_normal((rows, *spec.shape)) * 10).astype(spec.dtype)
         n_objects = -(-rows // block)
@@ -259,9 +260,9 @@ def test_the_direct_writer_writes_the_bytes_zarr_writes(tmp_path, rows, block):
             b[sl] = x[sl]
         np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "ours"))[name][:], x)
         for i in range(n_objects):
-            mine = (Path(_raw_layout(a)[0]) / object_key(a, i)).read_bytes()
-            want = (Path(_raw_layout(b)[0]) / object_key(b, i)).read_bytes()
+            mine = (Path(raw_layout(a)[0]) / object_key(a, i)).read_bytes()
+            want = (Path(raw_layout(b)[0]) / object_key(b, i)).read_bytes()
             assert mine == want, (name, i)
     compressed = zarr.open_group(str(tmp_path / "zstd"), mode="a")
-    _create_feature_array(compressed, "z", ArraySpec((8,), "float16", "zstd"), rows, block)
+    create_feature_array(compressed, "z", ArraySpec((8,), "float16", "zstd"), rows, block)
     assert not write_object_raw(compressed["z"], 0, np.zeros((min(rows, block), 8), np.float16))

@@ -16,14 +16,18 @@ import pytest
 from store_helpers import ARRAYS, PROVENANCE, block_data, make_index, open_encoder
 from synthetic_run import synthetic_store, train_head
 
+import cache.specs
 import cache.store as cs
 from cache import ArraySpec, FeatureStore
 from cache.batches import FeatureBatches, Source
+from cache.errors import StoreDamaged
 from cache.hdf5 import export_h5
 from cache.info import info_text, store_info
-from cache.store import UNCHECKED, StoreDamaged, object_key
+from cache.shards import object_key
 from cache.verify import repair, verify_store
 from flows.cli import main as cli
+from flows.errors import one_line
+from flows.store_hints import UNCHECKED
 from stages.extract import ExtractConfig, extract
 
 # Small inner chunks, so that the bigger arrays of the tiny preset are sharded (several chunks per shard).
@@ -33,14 +37,14 @@ BLOCK_ROWS = 4
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(cs, "TARGET_CHUNK_BYTES", CHUNK_BYTES)
+    monkeypatch.setattr(cache.specs, "TARGET_CHUNK_BYTES", CHUNK_BYTES)
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> dict:
     """A synthetic S4 store (every encoder, threads=1: bit-identical on re-extraction), never damaged."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cs, "TARGET_CHUNK_BYTES", CHUNK_BYTES)
+        mp.setattr(cache.specs, "TARGET_CHUNK_BYTES", CHUNK_BYTES)
         run = synthetic_store(tmp_path_factory.mktemp("pristine"), threads=1, block_rows=BLOCK_ROWS)
     return run
 
@@ -153,10 +157,14 @@ def test_flipped_bytes_are_named_and_refused_by_every_reader(pristine, tmp_path,
         "detail": "",
     }
 
-    # Readers: the same line, and the fix.
+    # Readers: the same line, and the fix (in words; `av2t` names the commands: flows.store_hints).
     with pytest.raises(StoreDamaged) as e:
         enc.read("image_embed", np.arange(enc.split.n_rows))
-    assert d.line() in str(e.value) and "--repair" in str(e.value) and "av2t extract" in str(e.value)
+    assert d.line() in str(e.value) and "repair" in str(e.value) and "re-extract" in str(e.value)
+    assert "av2t" not in str(e.value) and "--" not in str(e.value)
+    said = one_line(e.value)
+    assert d.line() in said and f"av2t cache verify {store} --repair" in said
+    assert f"av2t extract --store {store} --subset s4 --splits train --encoders sam2" in said
     with pytest.raises(StoreDamaged, match="checksum mismatch") as e:
         enc.read_block(0)
     assert d.line() in str(e.value)
