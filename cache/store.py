@@ -750,7 +750,12 @@ class SplitGroup:
                     "preprocessing. Re-extract into this store or use a store made with these encoders."
                 )
         if not found:
-            raise StoreError(f"{self.store.url}: {self.path} has no '{name}' features; run extract-features")
+            raise StoreError(
+                f"{self.store.url}: {self.path} has no '{name}' features; add {name} to the encoders you "
+                f"extract: av2t extract --root AVSBENCH_ROOT --subset {self.subset} --splits {self.split} "
+                f"--encoders {name} --store {self.store.url} (the extract-features/extract deployment: "
+                f"""--param 'encoders=[..., "{name}"]')"""
+            )
         if len(found) > 1:
             keys = ", ".join(e.key for e in found)
             raise StoreError(

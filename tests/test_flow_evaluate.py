@@ -106,10 +106,11 @@ def _run_as_scheduled(env: dict, deployment_id, timeout: float = 600):
 
 def test_serve_options_are_checked_in_one_line(tmp_path, capsys):
     """`av2t serve` refuses a nightly it could not run, naming the option, before it needs a server."""
+    (tmp_path / "file").write_text("not a folder")
     cases = [
         ([], "--root is required to serve the nightly"),
         (["--root", str(tmp_path / "nowhere")], f"--root {tmp_path / 'nowhere'}: no such folder"),
-        (["--root", str(tmp_path), "--checkpoints", str(tmp_path / "x")], "--checkpoints"),
+        (["--root", str(tmp_path), "--checkpoints", str(tmp_path / "file")], "--checkpoints"),
         (["--root", str(tmp_path), "--checkpoints", str(tmp_path), "--timezone", "Mars/Base"], "--timezone"),
         (
             ["--root", str(tmp_path), "--checkpoints", str(tmp_path), "--cron", "at three"],
