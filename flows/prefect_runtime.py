@@ -208,11 +208,13 @@ class QuietRunLogs(logging.Filter):
     exception" with a traceback: for a Failed state the flow returned (a Regression), and a second time for
     an exception the run already logged as "Encountered exception during execution". Both records are
     dropped; an ordinary error (a StoreError, bad data: `errors.one_line`) keeps its one ERROR line without
-    the traceback. A bug keeps its traceback, once.
+    the traceback, in a flow run or a task run ("Task run failed with exception"). A bug keeps its
+    traceback, once.
     """
 
     ENGINE = "Engine execution exited with unexpected exception"
     RAISED = "Encountered exception during execution"
+    TASK_RAISED = "Task run failed with"
 
     def __init__(self) -> None:
         super().__init__()
@@ -227,7 +229,7 @@ class QuietRunLogs(logging.Filter):
         message = str(record.msg)
         if message.startswith(self.ENGINE):
             return not (isinstance(exc, (FailedRun, ChosenFailure)) or id(exc) in self.logged)
-        if message.startswith(self.RAISED):
+        if message.startswith((self.RAISED, self.TASK_RAISED)):
             self.logged.add(id(exc))
             if not errors.debug() and errors.one_line(exc) is not None:
                 record.exc_info, record.exc_text = None, None
@@ -246,10 +248,13 @@ class ChosenFailure(Exception):
 
 
 def quiet_run_logs() -> None:
-    """Install QuietRunLogs on Prefect's flow-run logger (once per process); called first in each flow."""
-    logger = logging.getLogger("prefect.flow_runs")
-    if not any(isinstance(f, QuietRunLogs) for f in logger.filters):
-        logger.addFilter(QuietRunLogs())
+    """Install QuietRunLogs on Prefect's flow-run and task-run loggers (once per process); called first in
+    each flow."""
+    quiet = QuietRunLogs()  # one for both: a task's exception re-raised by its flow is the same object
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietRunLogs) for f in logger.filters):
+            logger.addFilter(quiet)
 
 
 @contextlib.contextmanager

@@ -96,8 +96,6 @@ def check_runs(env: dict, work: Path) -> None:
     the scores as report.json's rounded once, the best epoch as training logged it."""
     with api(env) as client:
         found = {r.name: r for r in _all_runs(client)}
-        for r in found.values():
-            print("TIMING", r.name, r.start_time, r.end_time, r.total_run_time)
         assert len(found) == 6, sorted(
             found
         )  # extract (+ its -shards sub-flow), train, on-demand, nightly (+ s4)

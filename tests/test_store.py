@@ -265,3 +265,16 @@ def test_the_direct_writer_writes_the_bytes_zarr_writes(tmp_path, rows, block):
     compressed = zarr.open_group(str(tmp_path / "zstd"), mode="a")
     _create_feature_array(compressed, "z", ArraySpec((8,), "float16", "zstd"), rows, block)
     assert not write_object_raw(compressed["z"], 0, np.zeros((min(rows, block), 8), np.float16))
+
+
+def test_a_missing_encoder_names_the_command_that_adds_it(tmp_path):
+    """A split without an encoder's features (gt left out of the extraction): the error says to add it."""
+    url = str(tmp_path / "store.zarr")
+    open_encoder(url)
+    group = FeatureStore(url, mode="r").split("s4", "test")
+    with pytest.raises(StoreError) as e:
+        group.encoder("gt")
+    assert f"av2t extract --root AVSBENCH_ROOT --subset s4 --splits test --encoders gt --store {url}" in str(
+        e.value
+    )
+    assert "add gt to the encoders" in str(e.value) and """'encoders=[..., "gt"]'""" in str(e.value)
