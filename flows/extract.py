@@ -113,7 +113,7 @@ def shard_rows(encoders: list[str], computed: list[int]) -> str:
 
 
 @flow(name="extract-shards")
-def _run_shards(cfg: ExtractConfig, shards: list[Shard], progress: UUID) -> list[dict[str, Any]]:
+def _run_shards(cfg: ExtractConfig, shards: list[Shard], bar: UUID) -> list[dict[str, Any]]:
     """Submit every shard to this flow's task runner and wait for all (updating the extract run's progress
     artifact as they end); one result per shard, with its split and encoder.
 
@@ -129,7 +129,6 @@ def _run_shards(cfg: ExtractConfig, shards: list[Shard], progress: UUID) -> list
     futures = [extract_shard_task.submit(cfg, s) for s in shards]
     rows = {id(f): s.rows for f, s in zip(futures, shards, strict=True)}
     total, done, ended = sum(rows.values()), 0, 0
-    bar = progress
     for f in as_completed(futures):
         ended, done = ended + 1, done + rows[id(f)]
         update_progress_artifact(

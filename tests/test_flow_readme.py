@@ -68,7 +68,7 @@ def test_readme_deploy_sequence_runs_as_written(tmp_path):
 
     work = tmp_path / "work"  # the folder every README command runs in
     root = work / "data" / "synth"
-    write_synthetic(root, "s4", videos=6, seed=5, spec=SynthSpec(test_fraction=0.3))
+    write_synthetic(root, "s4", videos=3, seed=5, spec=SynthSpec())  # one video per split: the least work
     with prefect_server(tmp_path / "home", serve=False) as env:
         serve = subprocess.Popen(
             [str(BIN / "av2t"), *commands[2][1:]],
@@ -104,6 +104,8 @@ def check_runs(env: dict, work: Path) -> None:
         ids = [r.id for r in found.values()]
         logs = _logs(client, ids)
         assert any("report written at" in x.message for x in logs)
+        assert sum(x.message.startswith("1 video scored (5 frames)") for x in logs) == 2  # on-demand, nightly
+        assert any(x.message.startswith("M_J: ") and "(no previous report)" in x.message for x in logs)
         bad = [x.message for x in logs if x.level >= 40 or "Traceback" in x.message]
         assert bad == [], bad
 
