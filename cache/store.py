@@ -347,7 +347,7 @@ class SplitGroup:
                 )
         if not found:
             raise StoreError(
-                f"{self.store.url}: {self.path} has no '{name}' features; extract them first",
+                f"{self.store.url}: {self.path} has no '{name}' features; add {name} to the encoders you extract",
                 EXTRACT,
                 store=self.store.url,
                 subset=self.subset,

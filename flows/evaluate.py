@@ -5,13 +5,16 @@ Two flow functions under one flow name, `evaluate`, and two deployments (flows/s
 - `evaluate` (deployment `evaluate/on-demand`): one subset; run name `evaluate-<subset>-<split>-<mode>`,
   then `...@<head folder>-<head digest>` once the head is known; artifacts `evaluate-<subset>-<split>`
   (markdown) and `...-scores` (table);
-- `nightly` (deployment `evaluate/nightly`, scheduled): run name `nightly-<date>`; one `evaluate` subflow run
-  per subset, tagged `nightly`, which names its runs and artifacts `nightly-...` instead.
+- `nightly` (deployment `evaluate/nightly`, scheduled): run name `nightly-<date>T<time>Z`; one `evaluate`
+  subflow run per subset, tagged `nightly`, which names its runs and artifacts `nightly-...` instead; its own
+  summary artifact `nightly-summary`.
 
 A regression (a compared score worse than the previous report's by more than the tolerance: lower, or higher
 for a score where lower is better, as an FPR) ends the run
 Failed, named `Regression`, with `on_regression=fail` (the nightly's default), or Completed, named
-`Completed with regression`, with `warn` (the on-demand default); the artifacts are published first.
+`Completed with regression`, with `warn` (the on-demand default); the artifacts are published first, and
+the run is tagged `regression`. Prefect's UI lists runs by state *name*: its default run filters (a
+deployment's Runs tab) leave these two names out (README, "What you see in the UI").
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from prefect.states import Completed, Failed, State
 from pydantic.fields import FieldInfo
 
 from flows.params import flow_kwargs, model_params, settings
+from flows.prefect_runtime import ChosenFailure, quiet_run_logs
 from pipeline.checkpoints import CheckpointError
 from pipeline.data.clips import DataError
 from pipeline.files import write_text
@@ -47,13 +51,22 @@ LEGACY_COMPARED = ("M_J", "M_F", "M_F_batch_free")
 NIGHTLY_TAG = "nightly"
 DASH = "—"  # an empty cell of an artifact table
 REGRESSION, WARNED = "Regression", "Completed with regression"
+REGRESSION_TAG = "regression"
+NIGHTLY_SUMMARY = "nightly-summary"  # the nightly run's own artifact
+DIGITS = 4  # every score an artifact or a log line shows: round(value, DIGITS) of report.json's value
 EVALUATE_EXCLUDED = ["out", "progress"]
 NIGHTLY_EXCLUDED = ["out", "progress", "checkpoint", "subset", "allow_other_subset"]
 
 
+class NoHead(CheckpointError):
+    """No head trained on the subset under the checkpoints folder (an ordinary error: one line, no traceback)."""
+
+
 def newest_checkpoint(checkpoints: str | Path, subset: str) -> Path:
-    """The most recently written best.pt under a folder among the heads trained on `subset`."""
-    found = sorted(Path(checkpoints).rglob("best.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    """The most recently written best.pt under a folder among the heads trained on `subset` (absolute)."""
+    found = sorted(
+        Path(checkpoints).resolve().rglob("best.pt"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     others: dict[str, int] = {}
     for path in found:
         try:
@@ -64,8 +77,8 @@ def newest_checkpoint(checkpoints: str | Path, subset: str) -> Path:
             return path
         others[str(trained)] = others.get(str(trained), 0) + 1
     held = ", ".join(f"{n} for {k}" for k, n in sorted(others.items())) or "none"
-    raise FileNotFoundError(
-        f"{checkpoints}: no best.pt of a head trained on {subset} under this folder (heads found: {held}); "
+    raise NoHead(
+        f"{Path(checkpoints).resolve()}: no best.pt of a head trained on {subset} under this folder (heads found: {held}); "
         f"train one (av2t train --subset {subset}) or pass checkpoint"
     )
 
@@ -124,8 +137,8 @@ def score(report: dict[str, Any], key: str) -> float | None:
 
 
 def compare(now: dict[str, Any], prev: dict[str, Any] | None, tolerance: float) -> list[dict[str, Any]]:
-    """One row per compared score: now, before, delta, and whether it got worse by more than the tolerance
-    (fell, or rose for a score where lower is better: an FPR)."""
+    """One row per compared score: now and before as the reports hold them (unrounded), delta, and whether it
+    got worse by more than the tolerance (fell, or rose for a score where lower is better: an FPR)."""
     rows = []
     better = higher_is_better(now)
     for m in compared_scores(now):
@@ -136,9 +149,9 @@ def compare(now: dict[str, Any], prev: dict[str, Any] | None, tolerance: float) 
         rows.append(
             {
                 "metric": m,
-                "now": round(value, 6),
-                "previous": None if before is None else round(before, 6),
-                "delta": None if delta is None else round(delta, 6),
+                "now": value,
+                "previous": before,
+                "delta": delta,
                 "higher_is_better": better.get(m, True),
                 "regression": bool(worse is not None and worse > tolerance),
             }
@@ -177,11 +190,11 @@ def evaluate_run_name() -> str:
 
 
 def nightly_run_name() -> str:
-    """`nightly-<date>`: the UTC day the run was scheduled for."""
+    """`nightly-2026-11-05T03:00:00Z`: when the run was scheduled (UTC), so each run has its own name."""
     from prefect.runtime import flow_run
 
     when = flow_run.scheduled_start_time or datetime.now(timezone.utc)
-    return f"nightly-{when.astimezone(timezone.utc):%Y-%m-%d}"
+    return f"nightly-{when.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
 
 
 def head_label(path: Path, digest: str) -> str:
@@ -221,14 +234,14 @@ class VideoProgress:
 
     def __call__(self, done: int, total: int) -> None:
         if done == 0:
-            self.log.info(f"encoders built; scoring {total} videos")
+            self.log.info(f"encoders built; scoring {videos(total)}")
             self._show(lambda: create_progress_artifact(0.0, description=f"{self.what}: videos scored"))
             self.last = time.monotonic()
             return
         tenth = 10 * done // max(total, 1)
         if total >= 20 and tenth > self.logged:
             self.logged = tenth
-            self.log.info(f"{done}/{total} videos scored")
+            self.log.info(f"{done}/{videos(total)} scored")
         now = time.monotonic()
         if self.artifact is not None and (done >= total or now - self.last >= self.every_s):
             self.last = now
@@ -249,10 +262,21 @@ class VideoProgress:
 # -- artifacts
 
 
+def videos(n: Any) -> str:
+    """`1 video`, `2 videos`."""
+    return f"{n} video" if n == 1 else f"{n} videos"
+
+
+def shown(x: float | None) -> float | None:
+    """A score as every artifact and log line shows it: report.json's value rounded to DIGITS."""
+    return None if x is None else round(x, DIGITS)
+
+
 def _num(x: Any, signed: bool = False) -> str:
+    """shown(x) as text (same digits as `shown`: both round the exact value half to even)."""
     if x is None:
         return DASH
-    return f"{x:+.4f}" if signed else f"{x:.4f}"
+    return f"{x:+.{DIGITS}f}" if signed else f"{x:.{DIGITS}f}"
 
 
 def _short(digest: Any) -> str:
@@ -337,7 +361,8 @@ def summary_markdown(
         "",
         f"- head: `{report['checkpoint']}`, digest {_short(model.get('head_digest'))}"
         + _same(model.get("head_digest"), prev_model.get("head_digest"), prev)
-        + f"; preset `{model.get('preset')}`, trained on {model.get('trained_subset')}, epoch {model.get('epoch')}",
+        + f"; preset `{model.get('preset')}`, trained on {model.get('trained_subset')}, best epoch "
+        f"{model.get('epoch') or DASH} (numbered as training logged it)",
         f"- data: root `{data.get('root')}`, clips digest {_short(data.get('clips_digest'))}"
         + _same(data.get("clips_digest"), prev_data.get("clips_digest"), prev),
     ]
@@ -345,7 +370,7 @@ def summary_markdown(
         lines.append(f"- store `{report.get('store')}`, features {report['store_features']}")
     raw = report.get("M_F_raw_logits_av2t")
     lines += [
-        f"- scored: {report.get('videos', DASH)} videos, {report.get('frames', DASH)} frames, "
+        f"- scored: {videos(report.get('videos', DASH))}, {report.get('frames', DASH)} frames, "
         f"on {report.get('device')} in {report.get('seconds')} s",
         f"- M_F on raw logits (AV2T's evaluation, for comparison only): {_num(raw)}",
         f"- M_F batching: {report.get('M_F_batching', DASH)}",
@@ -356,9 +381,10 @@ def summary_markdown(
 
 
 def table_rows(rows: list[dict[str, Any]], first: bool) -> list[dict[str, Any]]:
-    """The comparison rows for the table artifact: no empty cell ('first report' or '—' instead)."""
+    """The comparison rows for the table artifact, scores as `shown`; no empty cell ('first report' or '—')."""
     empty = "first report" if first else DASH
-    return [{k: empty if v is None else v for k, v in r.items()} for r in rows]
+    scores = ("now", "previous", "delta")
+    return [{k: empty if v is None else shown(v) if k in scores else v for k, v in r.items()} for r in rows]
 
 
 def publish(
@@ -386,10 +412,12 @@ def publish(
 def evaluate_one(s: EvalFlowSettings) -> dict[str, Any]:
     """Score the head, write the report and comparison.json, publish the artifacts; the run's result."""
     log = get_run_logger()
-    subset, split, reports, tolerance = s.subset, s.split, Path(s.reports), s.tolerance
+    # Absolute paths: the report, the artifacts and the logs name files a UI user can open from anywhere.
+    subset, split, reports, tolerance = s.subset, s.split, Path(s.reports).resolve(), s.tolerance
+    s = s.model_copy(update={"root": Path(s.root).resolve()})
     kind = _run_kind()
     key = artifact_key(kind, subset, split, s.mode)
-    ck = Path(s.checkpoint or newest_checkpoint(s.checkpoints, subset))
+    ck = Path(s.checkpoint).resolve() if s.checkpoint else newest_checkpoint(s.checkpoints, subset)
     head = read_head(ck)
     base = "-".join((kind, subset, split, s.mode))
     label_run(f"{base}@{head_label(ck, head.digest())}", [subset, split, s.mode, Path(head.preset).name])
@@ -401,7 +429,7 @@ def evaluate_one(s: EvalFlowSettings) -> dict[str, Any]:
         report = run_evaluation(s.stage(ck, out), on_video=VideoProgress(f"{subset} / {split}"))
     except DataError as e:  # say which parameter the data came from
         raise DataError(f"{e} [flow parameter root={s.root}]") from e
-    log.info(f"{report['videos']} videos scored ({report['frames']} frames) in {report['seconds']} s")
+    log.info(f"{videos(report['videos'])} scored ({report['frames']} frames) in {report['seconds']} s")
     found = previous_report(reports, report, out)
     prev_path, prev = found if found else (None, None)
     rows = compare(report, prev, tolerance)
@@ -421,11 +449,14 @@ def evaluate_one(s: EvalFlowSettings) -> dict[str, Any]:
     for w in report.get("warnings", []):
         log.warning(w)
     for r in rows:
-        log.info(f"{r['metric']}: {r['now']} (previous {r['previous']}, delta {r['delta']})")
+        was = "no previous report" if r["previous"] is None else f"previous {_num(r['previous'])}"
+        delta = "" if r["delta"] is None else f", delta {_num(r['delta'], True)}"
+        log.info(f"{r['metric']}: {_num(r['now'])} ({was}{delta})")
     worse = [r["metric"] for r in rows if r["regression"]]
     message = regression_message(key, rows, tolerance, change) if worse else None
     if message:
         log.warning(message)
+        label_run(add_tags=[REGRESSION_TAG])
     return {
         "report": str(out / "report.json"),
         "comparison": rows,
@@ -444,34 +475,46 @@ def verdict(result: dict[str, Any], on_regression: str) -> dict[str, Any] | Stat
     """The run's end: the result as is, or a named state carrying it when a score regressed."""
     if not result["regressions"]:
         return result
+    return regression_state(result["message"], result, on_regression)
+
+
+def regression_state(message: str, result: dict[str, Any], on_regression: str) -> State:
+    """Failed named Regression (its data an exception holding the result: a Failed state's data must be
+    one), or Completed named 'Completed with regression'."""
     if on_regression == "fail":
-        return Failed(name=REGRESSION, message=result["message"], data=result)
-    return Completed(name=WARNED, message=result["message"], data=result)
+        return Failed(name=REGRESSION, message=message, data=ChosenFailure(message, result))
+    return Completed(name=WARNED, message=message, data=result)
+
+
+def run_result(state: State) -> dict[str, Any] | BaseException:
+    """A subflow run's result: its dict (also from a Regression's data), else the exception it ended with."""
+    result = state.result(raise_on_failure=False)
+    return result.result if isinstance(result, ChosenFailure) else result
 
 
 @flow(name="evaluate", flow_run_name=evaluate_run_name)
 @model_params(EvalFlowSettings, exclude=EVALUATE_EXCLUDED)
 def evaluate(**params: Any) -> dict[str, Any]:
     """Score a head (default: the newest best.pt under `checkpoints`), compare with the last report, publish."""
+    quiet_run_logs()
     s = settings(EvalFlowSettings, params)
     return verdict(evaluate_one(s), s.on_regression)
 
 
 def nightly_markdown(s: NightlySettings, done: dict[str, dict[str, Any]], problems: dict[str, str]) -> str:
-    """The nightly run's own summary: one line per subset."""
+    """The nightly run's own summary: one table row per subset, then each subset's head and report folder."""
     lines = [
         f"# nightly: {', '.join(s.subsets)} / {s.split} / {s.mode}",
         "",
         f"heads under `{s.checkpoints}`, data `{s.root}`, reports `{s.reports}`, tolerance {s.tolerance:g}",
         "",
-        "| subset | result | M_J now | previous | delta | head | report |",
-        "|---|---|---:|---:|---:|---|---|",
+        "| subset | result | M_J now | previous | delta |",
+        "|---|---|---:|---:|---:|",
     ]
+    files = ["", "## Files", ""]
     for subset in s.subsets:
         if subset in problems:
-            lines.append(
-                f"| {subset} | **failed**: {problems[subset]} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |"
-            )
+            lines.append(f"| {subset} | **failed**: {problems[subset]} | {DASH} | {DASH} | {DASH} |")
             continue
         r = done[subset]
         mj = next((x for x in r["comparison"] if x["metric"] == "M_J"), None) or {}
@@ -481,15 +524,17 @@ def nightly_markdown(s: NightlySettings, done: dict[str, dict[str, Any]], proble
         lines.append(
             f"| {subset} | {state} | {_num(mj.get('now'))} | "
             f"{'first report' if r['previous'] is None else _num(mj.get('previous'))} | "
-            f"{_num(mj.get('delta'), True)} | `{r['checkpoint']}` | `{Path(r['report']).parent}` |"
+            f"{_num(mj.get('delta'), True)} |"
         )
-    return "\n".join(lines) + "\n"
+        files.append(f"- {subset}: head `{r['checkpoint']}`, report `{Path(r['report']).parent}`")
+    return "\n".join(lines + (files if len(files) > 3 else [])) + "\n"
 
 
 @flow(name="evaluate", flow_run_name=nightly_run_name)
 @model_params(NightlySettings, exclude=NIGHTLY_EXCLUDED)
 def nightly(**params: Any) -> dict[str, Any]:
     """Re-evaluate every subset asked with its newest head (one `evaluate` run each); fail on a regression."""
+    quiet_run_logs()
     log = get_run_logger()
     s = settings(NightlySettings, params)
     log.info(
@@ -502,7 +547,7 @@ def nightly(**params: Any) -> dict[str, Any]:
         sub = s.subset_settings(subset)
         with tags(NIGHTLY_TAG, subset, s.split, s.mode):
             state = evaluate(**flow_kwargs(evaluate.fn, sub), return_state=True)
-        result = state.result(raise_on_failure=False)
+        result = run_result(state)
         if isinstance(result, dict):
             done[subset] = result
         else:
@@ -511,16 +556,17 @@ def nightly(**params: Any) -> dict[str, Any]:
             )
             log.error(f"{subset}: not evaluated: {problems[subset]}")
     create_markdown_artifact(
-        markdown=nightly_markdown(s, done, problems), description="the nightly, per subset"
+        key=NIGHTLY_SUMMARY,
+        markdown=nightly_markdown(s, done, problems),
+        description=f"the nightly of {', '.join(s.subsets)} / {s.split} / {s.mode}, per subset",
     )
     summary = {"subsets": done, "problems": problems}
     found = [r["message"] for r in done.values() if r["regressions"]]
-    if problems:
-        failed = [f"{k}: {v}" for k, v in problems.items()]
-        return Failed(message="; ".join(failed + found), data=summary)
     if found:
-        message = "; ".join(found)
-        if s.on_regression == "fail":
-            return Failed(name=REGRESSION, message=message, data=summary)
-        return Completed(name=WARNED, message=message, data=summary)
+        label_run(add_tags=[REGRESSION_TAG])
+    if problems:
+        message = "; ".join([f"{k}: {v}" for k, v in problems.items()] + found)
+        return Failed(message=message, data=ChosenFailure(message, summary))
+    if found:
+        return regression_state("; ".join(found), summary, s.on_regression)
     return summary

@@ -3,8 +3,9 @@ reading one input: frames, audio or masks, decoded once for all of them) as Pref
 
 What the run page shows: the run named `extract-<subset>-<preset>` and tagged with both; a sub-flow
 `…-shards` with one `extract-shard` task per (input, split, shard), named `<encoders>/<split>/<first
-block>` (e.g. `clip+sam2+beit3/train/0`), none drawn as depending on another (see `_run_shards`); a progress artifact
-`extract-<subset>-progress` (rows of the ended shards); and at the end a table artifact
+block>` (e.g. `clip+sam2+beit3/train/0`), none drawn as depending on another (see `_run_shards`); on the run
+itself a progress artifact `extract-<subset>-progress` (rows of the ended shards, updated by the sub-flow);
+and at the end a table artifact
 `extract-<subset>-store` (per split and encoder: rows done / total, failures, rows computed by this run
 and their frames/s, bytes on disk) and one log line per split and encoder.
 """
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import torch
 from prefect import flow, get_run_logger, tags, task
@@ -26,7 +28,7 @@ from pydantic.fields import FieldInfo
 
 from cache import FeatureStore
 from flows.params import flow_kwargs, model_params, settings
-from flows.prefect_runtime import run_flow
+from flows.prefect_runtime import quiet_run_logs, run_flow
 from flows.runners import make_runner
 from pipeline.settings import ExtractConfig, ExtractFlowSettings
 from stages.extract import Shard, extract, extract_negatives, extract_shard, prepare, summarize
@@ -96,16 +98,24 @@ def extract_shard_task(cfg: ExtractConfig, shard: Shard) -> dict[str, Any]:
     out = extract_shard(cfg, shard)
     seconds = time.perf_counter() - t
     get_run_logger().info(
-        f"{shard.label}/{shard.split}: {sum(out['computed'])} rows in {seconds:.1f} s, "
+        f"{shard.label}/{shard.split}: {shard_rows(shard.encoders, out['computed'])} in {seconds:.1f} s, "
         f"torch threads {torch.get_num_threads()}"
     )
     return {"computed": out["computed"], "failures": out["failures"], "seconds": seconds}
 
 
+def shard_rows(encoders: list[str], computed: list[int]) -> str:
+    """`6 rows` (each encoder of the shard computed them), or `6 rows (clip 6, sam2 0, beit3 6)` on a resume."""
+    rows = max(computed, default=0)
+    if len(set(computed)) <= 1:
+        return f"{rows} row{'s' * (rows != 1)}"
+    return f"{rows} rows ({', '.join(f'{e} {n}' for e, n in zip(encoders, computed, strict=True))})"
+
+
 @flow(name="extract-shards")
-def _run_shards(cfg: ExtractConfig, shards: list[Shard], progress_key: str) -> list[dict[str, Any]]:
-    """Submit every shard to this flow's task runner and wait for all (a progress artifact as they end);
-    one result per shard, with its split and encoder.
+def _run_shards(cfg: ExtractConfig, shards: list[Shard], bar: UUID) -> list[dict[str, Any]]:
+    """Submit every shard to this flow's task runner and wait for all (updating the extract run's progress
+    artifact as they end); one result per shard, with its split and encoder.
 
     No false edges: Prefect records a task input as coming from an upstream task when the argument is (or
     holds, at any depth) an object that task returned, matched by identity (`id()`). The split and encoder
@@ -119,7 +129,6 @@ def _run_shards(cfg: ExtractConfig, shards: list[Shard], progress_key: str) -> l
     futures = [extract_shard_task.submit(cfg, s) for s in shards]
     rows = {id(f): s.rows for f, s in zip(futures, shards, strict=True)}
     total, done, ended = sum(rows.values()), 0, 0
-    bar = create_progress_artifact(0.0, key=progress_key, description=f"0/{len(shards)} shards ended")
     for f in as_completed(futures):
         ended, done = ended + 1, done + rows[id(f)]
         update_progress_artifact(
@@ -188,9 +197,11 @@ def summary_line(r: dict[str, Any]) -> str:
 @model_params(ExtractFlowSettings)
 def extract_features(**params: Any) -> dict[str, Any]:
     """Precompute CLIP, CLAP, SAM 2 and BEiT-3 features of an AVSBench subset into the Zarr store."""
+    quiet_run_logs()
     log = get_run_logger()
     s = settings(ExtractFlowSettings, params)
     cfg = s.stage()
+    cfg = cfg.model_copy(update={"store": absolute(cfg.store), "root": cfg.root.resolve()})
     run_tags = (cfg.subset, preset_label(cfg.preset))
     tag_flow_run(*run_tags)
     shards = prepare(cfg)
@@ -200,10 +211,14 @@ def extract_features(**params: Any) -> dict[str, Any]:
     if shards:
         from prefect.runtime import flow_run
 
+        # Created here, so it is on this run's Artifacts tab; the sub-flow updates it as shards end.
+        bar = create_progress_artifact(
+            0.0, key=f"extract-{cfg.subset}-progress", description=f"0/{len(shards)} shards ended"
+        )
         with tags(*run_tags):  # the sub-flow and its tasks carry them too
             results = _run_shards.with_options(
                 task_runner=make_runner(s), flow_run_name=f"{flow_run.name}-shards"
-            )(cfg, shards, f"extract-{cfg.subset}-progress")
+            )(cfg, shards, bar)
     seconds = time.perf_counter() - t
     for split, key in extract_negatives(cfg).items():  # --negatives: once the clap features exist
         log.info(f"negative-audio CLAP rows {cfg.subset}/{split}: {key}")
@@ -215,17 +230,37 @@ def extract_features(**params: Any) -> dict[str, Any]:
     for r in table:
         log.info(summary_line(r))
     computed = sum(n for r in results for n in r["computed"])
-    rate = f" ({computed / seconds:.1f} frames/s)" if computed and seconds > 0 else ""
-    log.info(f"this run: {computed} rows computed in {seconds:.1f} s{rate}, {len(failures)} skipped")
+    done = run_line(results, seconds)
+    log.info(f"this run: {done}, {len(failures)} skipped")
     create_table_artifact(
         key=f"extract-{cfg.subset}-store",
         table=table,
         description=(
             f"{cfg.subset} features in {cfg.store} (preset {cfg.preset}): rows done per split and encoder; "
-            f"this run computed {computed} rows in {seconds:.1f} s{rate}"
+            f"this run: {done}"
         ),
     )
     return {"computed": computed, "failures": failures, "store": summary}
+
+
+def run_line(results: list[dict[str, Any]], seconds: float) -> str:
+    """The run's rows and rate as the store table counts them: each row once (not once per encoder or
+    input), frames/s over the seconds of the shard tasks (of every input: the rate of all encoders
+    together); the wall time, with the sub-flow's start, apart."""
+    per: dict[tuple[str, str], int] = {}  # (split, input) -> rows computed
+    for r in results:
+        key = (r["split"], "+".join(r["encoders"]))
+        per[key] = per.get(key, 0) + max(r["computed"], default=0)
+    splits = {split for split, _ in per}
+    rows = sum(max(n for (sp, _), n in per.items() if sp == split) for split in splits)
+    busy = sum(r["seconds"] for r in results if any(r["computed"]))
+    rate = f" at {rows / busy:.1f} frames/s" if rows and busy > 0 else ""
+    return f"{rows} rows computed in {busy:.1f} s of shard tasks{rate} ({seconds:.1f} s in all)"
+
+
+def absolute(store: str) -> str:
+    """A local store path made absolute (what a UI user can open); an fsspec URL as it is."""
+    return store if "://" in store else str(Path(store).expanduser().resolve())
 
 
 def run(s: ExtractFlowSettings) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from flows import errors
 
@@ -199,6 +199,62 @@ class _QuietOrdinaryErrors(logging.Filter):
         if exc is not None and not errors.debug() and errors.one_line(exc) is not None:
             record.exc_info, record.exc_text = None, None
         return True
+
+
+class QuietRunLogs(logging.Filter):
+    """A flow run's logs (console and API) without an engine traceback for an outcome the flow chose.
+
+    Prefect's engine re-raises how a run ended and logs it as "Engine execution exited with unexpected
+    exception" with a traceback: for a Failed state the flow returned (a Regression), and a second time for
+    an exception the run already logged as "Encountered exception during execution". Both records are
+    dropped; an ordinary error (a StoreError, bad data: `errors.one_line`) keeps its one ERROR line without
+    the traceback, in a flow run or a task run ("Task run failed with exception"). A bug keeps its
+    traceback, once.
+    """
+
+    ENGINE = "Engine execution exited with unexpected exception"
+    RAISED = "Encountered exception during execution"
+    TASK_RAISED = "Task run failed with"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: set[int] = set()  # ids of the exceptions the run logged as raised
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from prefect.exceptions import FailedRun
+
+        message = str(record.msg)
+        if message.startswith(self.ENGINE):
+            return not (isinstance(exc, (FailedRun, ChosenFailure)) or id(exc) in self.logged)
+        if message.startswith((self.RAISED, self.TASK_RAISED)):
+            self.logged.add(id(exc))
+            if not errors.debug() and errors.one_line(exc) is not None:
+                record.exc_info, record.exc_text = None, None
+        return True
+
+
+class ChosenFailure(Exception):
+    """A Failed state's data when a flow ends Failed on purpose (a regression): its message and result."""
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message, result)
+        self.message, self.result = message, result
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def quiet_run_logs() -> None:
+    """Install QuietRunLogs on Prefect's flow-run and task-run loggers (once per process); called first in
+    each flow."""
+    quiet = QuietRunLogs()  # one for both: a task's exception re-raised by its flow is the same object
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietRunLogs) for f in logger.filters):
+            logger.addFilter(quiet)
 
 
 @contextlib.contextmanager

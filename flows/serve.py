@@ -35,21 +35,26 @@ def _folder(option: str, path: Path, what: str) -> Path:
     return path
 
 
+def _made(option: str, path: Path) -> Path:
+    """path made absolute and created if missing; a DeploymentError naming the option when it cannot be."""
+    path = path.expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError: a file there
+        raise DeploymentError(f"{option} {path}: cannot create it ({e.strerror or e})") from e
+    return path
+
+
 def resolve(s: ServeSettings) -> ServeSettings:
-    """The settings with absolute paths; for the nightly, root and checkpoints must be folders, and the
-    reports folder is created if missing."""
+    """The settings with absolute paths; for the nightly, root must be a folder, and the checkpoints and
+    reports folders are created if missing (served before the first head is trained: `av2t serve` warns)."""
     paths = {"checkpoints": s.checkpoints.expanduser().resolve(), "reports": s.reports.expanduser().resolve()}
     if s.root is not None:
         paths["root"] = s.root.expanduser().resolve()
     if s.nightly:
         paths["root"] = _folder("--root", s.root, "the nightly's AVSBench root")
-        paths["checkpoints"] = _folder("--checkpoints", s.checkpoints, "where the nightly looks for heads")
-        try:
-            paths["reports"].mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DeploymentError(
-                f"--reports {paths['reports']}: cannot create it ({e.strerror or e})"
-            ) from e
+        paths["checkpoints"] = _made("--checkpoints", s.checkpoints)
+        paths["reports"] = _made("--reports", s.reports)
         writable(paths["reports"])
     return s.model_copy(update=paths)
 
@@ -76,7 +81,7 @@ def schedule_words(cron: str, tz: str) -> str:
 
 def nightly_warnings(s: ServeSettings) -> list[str]:
     """What the nightly would fail on tonight as things stand (no clip list, no head for a subset)."""
-    from flows.evaluate import newest_checkpoint
+    from flows.evaluate import NoHead, newest_checkpoint
     from pipeline.data import layout
 
     found = []
@@ -86,7 +91,7 @@ def nightly_warnings(s: ServeSettings) -> list[str]:
             found.append(f"{subset}: {csv} not found (is --root the AVSBench root?)")
         try:
             newest_checkpoint(s.checkpoints, subset)
-        except FileNotFoundError:
+        except NoHead:
             found.append(f"{subset}: no head trained on {subset} under {s.checkpoints} yet")
     return found
 
@@ -107,7 +112,11 @@ def _nightly_parameters(s: ServeSettings) -> dict[str, Any]:
 
 
 def nightly_description(s: ServeSettings) -> str:
-    """The nightly deployment's description: when, what, and what a regression does."""
+    """The nightly deployment's description: when, what, and what a regression does.
+
+    The UI renders descriptions as markdown: names with placeholders are code spans (a bare `<subset>` would
+    be taken for an HTML tag and vanish).
+    """
     end = (
         "the run ends Failed, named Regression"
         if s.on_regression == "fail"
@@ -119,11 +128,11 @@ def nightly_description(s: ServeSettings) -> str:
     return (
         f"Runs {schedule_words(s.cron, s.timezone)}. Re-evaluates {', '.join(s.subsets)} on the {s.split} split "
         f"({s.mode}) of {s.root}, each subset with the newest best.pt trained on it under {s.checkpoints}, "
-        f"one `evaluate` subflow run per subset (nightly-<subset>-...), and compares each with the previous "
+        f"one `evaluate` subflow run per subset (`nightly-<subset>-...`), and compares each with the previous "
         f"report of the same subset, split and mode under {s.reports}. A regression is a compared score "
         f"(M_J, M_F, batch-free M_F{robust}) worse than the previous report's by more than {s.tolerance:g}: {end} "
-        f"(artifacts nightly-<subset>-{s.split} and nightly-<subset>-{s.split}-scores say which). "
-        "Run it now with no parameters: prefect deployment run evaluate/nightly."
+        f"(artifacts `nightly-<subset>-{s.split}` and `nightly-<subset>-{s.split}-scores` say which; the run's "
+        "own summary: `nightly-summary`). Run it now with no parameters: `prefect deployment run evaluate/nightly`."
     )
 
 
@@ -145,15 +154,15 @@ def deployments(settings: ServeSettings) -> list:
             name="extract",
             tags=["extract", "on-demand"],
             description="Extract the frozen encoders' features (CLIP, CLAP, SAM 2, BEiT-3, GT masks) of one "
-            "AVSBench subset into the feature store; resumable. Needs root and subset, e.g. prefect "
-            "deployment run extract-features/extract --param root=/data/AVSBench --param subset=s4.",
+            "AVSBench subset into the feature store; resumable. Needs root and subset, e.g. `prefect "
+            "deployment run extract-features/extract --param root=/data/AVSBench --param subset=s4`.",
         ),
         train_head.to_deployment(
             name="train",
             tags=["train", "on-demand"],
             description="Train one head (or a sweep file of heads) on a subset from the feature store; writes "
-            "best.pt, last.pt, metrics.csv and a comparison artifact under out. E.g. prefect deployment run "
-            "train-head/train --param store=runs/store.zarr --param subset=s4.",
+            "best.pt, last.pt, metrics.csv and a comparison artifact under out. E.g. `prefect deployment run "
+            "train-head/train --param store=runs/store.zarr --param subset=s4`.",
         ),
         evaluate.to_deployment(
             name="on-demand",
@@ -161,9 +170,11 @@ def deployments(settings: ServeSettings) -> list:
             parameters=on_demand,
             description="Score one head on one subset (default: the newest best.pt trained on it under "
             f"checkpoints, {s.checkpoints}) and compare with the previous report under reports "
-            f"({on_demand['reports']}); artifacts evaluate-<subset>-<split>. A regression ends the run "
-            "'Completed with regression' (on_regression=fail: Failed). E.g. prefect deployment run "
-            "evaluate/on-demand --param subset=s4" + ("" if s.root else " --param root=/data/AVSBench") + ".",
+            f"({on_demand['reports']}); artifacts `evaluate-<subset>-<split>`. A regression ends the run "
+            "'Completed with regression' (on_regression=fail: Failed). E.g. `prefect deployment run "
+            "evaluate/on-demand --param subset=s4"
+            + ("" if s.root else " --param root=/data/AVSBench")
+            + "`.",
         ),
     ]
     if s.nightly:
@@ -182,6 +193,9 @@ def deployments(settings: ServeSettings) -> list:
                 description=nightly_description(s),
             )
         )
+    for d in served:  # absolute: Prefect writes it relative to the serving folder (`../../<...>/flows/...`)
+        file, name = d.entrypoint.rsplit(":", 1)
+        d.entrypoint = f"{Path(file).resolve()}:{name}"
     return served
 
 

@@ -139,7 +139,11 @@ def verify_json(report: VerifyReport) -> dict[str, Any]:
 
 def _extract_hint(e: StoreError) -> str:
     f = e.facts
-    return f"{e}: {extract_command(f['store'], f['subset'], [f['split']], f['encoders'])}"
+    names = ", ".join(f'"{n}"' for n in f["encoders"])
+    return (
+        f"{e}: {extract_command(f['store'], f['subset'], [f['split']], f['encoders'])} "
+        f"(the extract-features/extract deployment: --param 'encoders=[..., {names}]')"
+    )
 
 
 def _extract_again_hint(e: StoreError) -> str:

@@ -26,9 +26,9 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from flows.extract import preset_label, run_param, tag_flow_run
+from flows.extract import absolute, preset_label, run_param, tag_flow_run
 from flows.params import flow_kwargs, model_params, settings
-from flows.prefect_runtime import run_flow
+from flows.prefect_runtime import quiet_run_logs, run_flow
 from pipeline.files import OutputLock
 from pipeline.model import HeadConfig
 from pipeline.model.sweep import load_sweep
@@ -69,8 +69,7 @@ class EpochReport:
             f"val loss {m['val_loss']:.4f}, val M_J {m['val_M_J']:.4f}, val M_F {m['val_M_F']:.4f} "
             f"(lr {m['lr']:.2e}, {m['seconds']:.1f} s of training so far)"
         )
-        row = {k: round(v, 6) if isinstance(v, float) and k != "lr" else v for k, v in m.items()}
-        self.rows.append({"head": head, **row})
+        self.rows.append({"head": head, **epoch_row(m)})
         create_table_artifact(
             key=f"train-{self.subset}-epochs",
             table=self.rows,
@@ -79,6 +78,13 @@ class EpochReport:
         self.done[head] = int(m["epoch"])
         done = sum(self.done.values())
         update_progress_artifact(self.bar, 100.0 * done / (self.epochs * len(self.heads)), self._progress())
+
+
+def epoch_row(m: dict[str, Any]) -> dict[str, Any]:
+    """One row of the epochs table: scores to 6 digits, lr as `5.01e-05`, the training time so far named as
+    cumulative (metrics.csv keeps the stage's names and values)."""
+    row = {k: round(v, 6) if isinstance(v, float) else v for k, v in m.items() if k not in ("lr", "seconds")}
+    return {**row, "lr": f"{m['lr']:.3g}", "cumulative_seconds": m["seconds"]}
 
 
 def _fit_name(parameters: dict[str, Any]) -> str:
@@ -126,9 +132,12 @@ def comparison_markdown(cfg: TrainConfig, table: pd.DataFrame, sweep_file: Path 
 @model_params(TrainFlowSettings, exclude=["optim", "progress"])
 def train_head(**params: Any) -> list[dict[str, Any]]:
     """Train AV2T-SAM heads from the feature store; returns the comparison table rows."""
+    quiet_run_logs()
     log = get_run_logger()
     s = settings(TrainFlowSettings, params, progress=False)
     cfg = s.stage()
+    # Absolute: best.pt, the store and the output folder as a UI user can open them, wherever serve runs.
+    cfg = cfg.model_copy(update={"store": absolute(cfg.store), "out": cfg.out.resolve()})
     run_tags = (cfg.subset, preset_label(cfg.preset))
     tag_flow_run(*run_tags)
     heads = load_sweep(s.sweep_file, s.preset) if s.sweep_file else {"head": cfg.head_config()}
@@ -147,7 +156,7 @@ def train_head(**params: Any) -> list[dict[str, Any]]:
         )
     create_markdown_artifact(
         key=f"train-{cfg.subset}-comparison",
-        markdown=comparison_markdown(cfg, table, s.sweep_file),
+        markdown=comparison_markdown(cfg, table, s.sweep_file and s.sweep_file.resolve()),
         description=f"{len(rows)} head(s) trained on {cfg.subset} from {cfg.store}",
     )
     return rows

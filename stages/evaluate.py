@@ -222,6 +222,15 @@ def robustness_partners(cfg: EvalConfig, clips, evaluators) -> dict[str, str]:
     return partners
 
 
+def trained_epoch(data: dict[str, Any]) -> int | None:
+    """The head's epoch numbered as training logged and tabled it (from 1); the checkpoint's own `epoch`
+    counts from 0 (the resume point), so it is shifted when the saved metrics do not say."""
+    logged = (data.get("metrics") or {}).get("epoch")
+    if logged is not None:
+        return int(logged)
+    return None if data.get("epoch") is None else int(data["epoch"]) + 1
+
+
 def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Score the checkpoint's head on the split; write the report files under cfg.out; return the report.
 
@@ -278,7 +287,7 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
             "backbone": ck.data.get("backbone", "sam2"),  # heads saved before SAM 1 are all on SAM 2
             "head_digest": ck.digest(),
             "trained_subset": ck.subset,
-            "epoch": ck.data.get("epoch"),
+            "epoch": trained_epoch(ck.data),
             "head": ck.data["head"],
             "frozen": ck.data["frozen"],
             "features": ck.features,

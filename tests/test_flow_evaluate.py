@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,19 @@ def _logs(env: dict, run, want: str, timeout: float = 20) -> str:
         time.sleep(1)
 
 
+def _log_records(env: dict, runs: list, want: str, timeout: float = 20) -> list:
+    """The runs' log records, once the first run's hold `want` (its process ships them after its end)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    flt = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs]))
+    deadline = time.time() + timeout
+    while True:
+        records = _api(env, lambda c: c.read_logs(log_filter=flt, limit=200))
+        if any(want in x.message and x.flow_run_id == runs[0].id for x in records) or time.time() > deadline:
+            return records
+        time.sleep(1)
+
+
 def _run_as_scheduled(env: dict, deployment_id, timeout: float = 600):
     """A run of the deployment with no parameters (what its schedule creates), once it has ended."""
     run = _api(env, lambda c: c.create_flow_run_from_deployment(deployment_id))
@@ -106,10 +120,11 @@ def _run_as_scheduled(env: dict, deployment_id, timeout: float = 600):
 
 def test_serve_options_are_checked_in_one_line(tmp_path, capsys):
     """`av2t serve` refuses a nightly it could not run, naming the option, before it needs a server."""
+    (tmp_path / "file").write_text("not a folder")
     cases = [
         ([], "--root is required to serve the nightly"),
         (["--root", str(tmp_path / "nowhere")], f"--root {tmp_path / 'nowhere'}: no such folder"),
-        (["--root", str(tmp_path), "--checkpoints", str(tmp_path / "x")], "--checkpoints"),
+        (["--root", str(tmp_path), "--checkpoints", str(tmp_path / "file")], "--checkpoints"),
         (["--root", str(tmp_path), "--checkpoints", str(tmp_path), "--timezone", "Mars/Base"], "--timezone"),
         (
             ["--root", str(tmp_path), "--checkpoints", str(tmp_path), "--cron", "at three"],
@@ -268,6 +283,7 @@ def test_nightly_runs_as_deployed_and_fails_on_a_regression(tmp_path, prefect_en
     kids = {r.parameters["subset"]: r for r in _runs(env, parent_flow_run_id=[run.id])}
     assert run.state.type.value == "COMPLETED", (run.state.name, run.state.message, run.state)
     assert run.parameters["root"] == str(root) and run.name.startswith("nightly-20")
+    first_name = run.name
     assert {"nightly", "s4", "ms3"} <= set(run.tags) and set(kids) == {"s4", "ms3"}
     (s4a, s4c), (m, mc) = reports_of("s4")[0], reports_of("ms3")[0]
     assert s4a["checkpoint"] == str(s4_head) and m["checkpoint"] == str(ms3_head)
@@ -295,6 +311,12 @@ def test_nightly_runs_as_deployed_and_fails_on_a_regression(tmp_path, prefect_en
     assert run.state.type.value == "FAILED" and run.state.name == "Regression", run.state
     assert "nightly-ms3-test: regression beyond the tolerance 0.005: M_J" in run.state.message
     assert "nightly-s4" not in run.state.message
+    assert run.name != first_name and "regression" in run.tags  # one name per run; findable by tag
+    # Its logs (the subflows' too, through the API): the regression as a WARNING, no ERROR, no traceback.
+    records = _log_records(env, [run, *kids.values()], "Finished in state Regression")
+    assert any(x.level == 30 and "regression beyond the tolerance" in x.message for x in records)
+    bad = [x.message for x in records if x.level >= 40 or "Traceback" in x.message]
+    assert bad == [], bad
     assert kids["ms3"].state.type.value == "FAILED" and kids["ms3"].state.name == "Regression"
     assert kids["s4"].state.type.value == "COMPLETED"
     # like with like: S4 against the first run's S4 report (not the newer MS3 one), unchanged; MS3 a new head
@@ -311,3 +333,47 @@ def test_nightly_runs_as_deployed_and_fails_on_a_regression(tmp_path, prefect_en
     assert "REGRESSION" in md.description and "**REGRESSION** beyond the tolerance 0.005: M_J" in md.data
     assert f"compared with: `{Path(mc2['previous']).parent}`" in md.data and "**changed**" in md.data
     assert "None" not in md.data
+
+
+def test_descriptions_show_their_placeholders(tmp_path):
+    """The UI renders descriptions as markdown: a `<subset>` outside a code span would vanish as a tag."""
+    import yaml
+
+    from flows.serve import deployments
+    from pipeline.settings import ServeSettings
+
+    served = deployments(ServeSettings(root=tmp_path, checkpoints=tmp_path, reports=tmp_path))
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    texts = [d.description for d in served] + [d["description"] for d in spec["deployments"]]
+    for text in texts:
+        assert "<subset>" in text or "=s4" in text  # each names a placeholder or an example
+        outside = re.sub(r"`[^`]*`", "", text)
+        assert "<" not in outside and ">" not in outside, text
+    assert all(Path(d.entrypoint.split(":")[0]).is_absolute() for d in served)
+
+
+def test_run_logs_keep_no_engine_traceback():
+    """QuietRunLogs: a chosen Failed state's engine re-raise is dropped, an ordinary error keeps one line
+    without its traceback (and its engine re-raise is dropped), a bug keeps its traceback once."""
+    import logging
+
+    from prefect.exceptions import FailedRun
+
+    from cache.store import StoreError
+    from flows.prefect_runtime import ChosenFailure, QuietRunLogs
+
+    quiet = QuietRunLogs()
+
+    def record(msg: str, exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("prefect.flow_runs", 40, __file__, 1, msg, None, (type(exc), exc, None))
+
+    for exc in (ChosenFailure("M_J fell", {"a": 1}), FailedRun("Run failed.")):
+        assert not quiet.filter(record(QuietRunLogs.ENGINE, exc))
+    ordinary, bug = StoreError("s4/train has no 'gt' features"), KeyError("x")
+    first = record(QuietRunLogs.RAISED + ": %r", ordinary)
+    assert quiet.filter(first) and first.exc_info is None
+    assert not quiet.filter(record(QuietRunLogs.ENGINE, ordinary))  # logged once already
+    raised = record(QuietRunLogs.RAISED + ": %r", bug)
+    assert quiet.filter(raised) and raised.exc_info is not None
+    assert not quiet.filter(record(QuietRunLogs.ENGINE, bug))
+    assert quiet.filter(record(QuietRunLogs.ENGINE, RuntimeError("the engine's own")))

@@ -127,14 +127,21 @@ def check_run_page(env: dict, out, n_rows: dict[str, int], runner: str) -> None:
         assert sorted((r["split"], r["encoder"].split("@")[0]) for r in rows) == sorted(
             (s, e) for s in SPLITS for e in ENCODERS
         )
-        (progress,) = artifacts(client, [children[0].id], "extract-ms3-progress")
+        # on the extract run's own Artifacts tab (the sub-flow only updates it)
+        (progress,) = artifacts(client, ids, "extract-ms3-progress")
+        assert progress.flow_run_id == run_id, "the progress artifact sits on the -shards sub-flow"
         assert progress.type == "progress" and float(progress.data) == pytest.approx(100)
 
         logs = run_logs(client, ids, "this run:")
         for r in rows:  # one readable line per split and encoder, not a dict
             line = f"{r['split']}/{r['encoder']}: {r['rows_done']}/{r['rows_total']} rows done"
             assert any(m.startswith(line) for m in logs), (line, logs[-20:])
-        assert any(m.startswith(f"this run: {sum(r['computed'] for r in rows)} rows computed") for m in logs)
+        # every row once (not once per encoder); each shard's log line counts its rows too
+        assert any(m.startswith(f"this run: {sum(n_rows.values())} rows computed in ") for m in logs), logs[
+            -5:
+        ]
+        for split, n in n_rows.items():
+            assert any(m.startswith(f"clip+sam2+beit3/{split}: {n} row{'s' * (n != 1)} in ") for m in logs)
         assert not any("{'" in m for m in logs), [m for m in logs if "{'" in m]
 
 

@@ -20,6 +20,7 @@ from cache.batches import FeatureBatches, Source
 from cache.hdf5 import import_h5
 from cache.info import store_info
 from flows.cli import main as cli
+from flows.errors import one_line
 
 HERE = Path(__file__).parent
 
@@ -266,3 +267,15 @@ def test_the_direct_writer_writes_the_bytes_zarr_writes(tmp_path, rows, block):
     compressed = zarr.open_group(str(tmp_path / "zstd"), mode="a")
     create_feature_array(compressed, "z", ArraySpec((8,), "float16", "zstd"), rows, block)
     assert not write_object_raw(compressed["z"], 0, np.zeros((min(rows, block), 8), np.float16))
+
+
+def test_a_missing_encoder_names_the_command_that_adds_it(tmp_path):
+    """A split without an encoder's features (gt left out of the extraction): the error says to add it."""
+    url = str(tmp_path / "store.zarr")
+    open_encoder(url)
+    group = FeatureStore(url, mode="r").split("s4", "test")
+    with pytest.raises(StoreError) as e:
+        group.encoder("gt")
+    said = one_line(e.value)  # what `av2t` prints: the store's words plus the command (flows.store_hints)
+    assert f"av2t extract --store {url} --subset s4 --splits test --encoders gt" in said
+    assert "add gt to the encoders" in str(e.value) and """'encoders=[..., "gt"]'""" in said

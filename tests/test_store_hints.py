@@ -116,7 +116,7 @@ def test_each_hint_reaches_the_av2t_line(tmp_path):
     g = FeatureStore(url).require_split("s4", "test", make_index(), 4)
     with pytest.raises(StoreError) as e:
         g.encoder("clip")
-    assert "extract them first" in str(e.value) and "av2t" not in str(e.value)
+    assert "add clip to the encoders you extract" in str(e.value) and "av2t" not in str(e.value)
     assert f"av2t extract --store {url} --subset s4 --splits test --encoders clip" in one_line(e.value)
     g.require_encoder("fake", PROVENANCE, ARRAYS)
     with pytest.raises(FingerprintMismatch) as e:
