@@ -175,6 +175,17 @@ def _cmd_evaluate(o: EvalConfig) -> int:
         print(f"  {row['label']:<{width}}{row['value']:.4f}")
     print(f"M_F batching: {r['M_F_batching']}")
     print(f"report: {o.out / 'report.json'} (and report.md, CSV tables, overlays/)")
+    if "comparison" in r:
+        c = r["comparison"]
+        print(
+            f"compared with {c['previous'] or 'nothing (no earlier report of this subset, split and mode)'}"
+        )
+        print(f"  {c['change']}; tolerance {c['tolerance']}")
+        for row in c["rows"]:
+            before = "—" if row["previous"] is None else f"{row['previous']:.4f}"
+            delta = "" if row["delta"] is None else f" ({row['delta']:+.4f})"
+            flag = "  REGRESSION" if row["regression"] else ""
+            print(f"  {row['metric']:<{width}}{before} -> {row['now']:.4f}{delta}{flag}")
     return 0
 
 

@@ -19,9 +19,8 @@ deployment's Runs tab) leave these two names out (README, "What you see in the U
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,19 +34,17 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.states import Completed, Failed, State
-from pydantic.fields import FieldInfo
 
 from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import ChosenFailure, quiet_run_logs
-from pipeline.checkpoints import CheckpointError
+from flows.run_page import label_run, run_param
 from pipeline.data.clips import DataError
-from pipeline.files import write_text
+from pipeline.evaluation.compare import compare_with_reports, newest_checkpoint, score
 from pipeline.model.head_checkpoint import read_head
 from pipeline.settings import EvalFlowSettings, NightlySettings
 from stages.evaluate import evaluate as run_evaluation
 
 # Reports written before evaluators named their compared scores (`score_rows`) compare these.
-LEGACY_COMPARED = ("M_J", "M_F", "M_F_batch_free")
 NIGHTLY_TAG = "nightly"
 DASH = "—"  # an empty cell of an artifact table
 REGRESSION, WARNED = "Regression", "Completed with regression"
@@ -56,107 +53,6 @@ NIGHTLY_SUMMARY = "nightly-summary"  # the nightly run's own artifact
 DIGITS = 4  # every score an artifact or a log line shows: round(value, DIGITS) of report.json's value
 EVALUATE_EXCLUDED = ["out", "progress"]
 NIGHTLY_EXCLUDED = ["out", "progress", "checkpoint", "subset", "allow_other_subset"]
-
-
-class NoHead(CheckpointError):
-    """No head trained on the subset under the checkpoints folder (an ordinary error: one line, no traceback)."""
-
-
-def newest_checkpoint(checkpoints: str | Path, subset: str) -> Path:
-    """The most recently written best.pt under a folder among the heads trained on `subset` (absolute)."""
-    found = sorted(
-        Path(checkpoints).resolve().rglob("best.pt"), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    others: dict[str, int] = {}
-    for path in found:
-        try:
-            trained = read_head(path).subset
-        except CheckpointError:
-            continue  # not a head checkpoint of ours: not a candidate
-        if trained == subset:
-            return path
-        others[str(trained)] = others.get(str(trained), 0) + 1
-    held = ", ".join(f"{n} for {k}" for k, n in sorted(others.items())) or "none"
-    raise NoHead(
-        f"{Path(checkpoints).resolve()}: no best.pt of a head trained on {subset} under this folder (heads found: {held}); "
-        f"train one (av2t train --subset {subset}) or pass checkpoint"
-    )
-
-
-def report_key(report: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes two reports comparable: the same subset, split and mode."""
-    return report.get("subset"), report.get("split"), report.get("mode")
-
-
-def previous_report(reports: Path, now: dict[str, Any], before: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The latest report.json under reports/ of the same subset, split and mode, other than the new one."""
-    found = sorted(
-        (p for p in reports.glob("*/report.json") if p.parent != before), key=lambda p: p.parent.name
-    )
-    for path in reversed(found):
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # an unreadable report is no reference
-        if report_key(report) == report_key(now):
-            return path, report
-    return None
-
-
-def what_changed(now: dict[str, Any], prev: dict[str, Any] | None) -> str:
-    """'new head', 'new data', both, or 'same head, same data' (then only the code or the machine changed)."""
-    if prev is None:
-        return "no previous report"
-    head = now["model"].get("head_digest") != prev.get("model", {}).get("head_digest")
-    data = now["data"].get("clips_digest") != prev.get("data", {}).get("clips_digest")
-    data = data or now.get("store_features") != prev.get("store_features")
-    changes = [w for w, c in (("new head", head), ("new data", data)) if c]
-    return " and ".join(changes) or "same head, same data (a change is the code's or the machine's)"
-
-
-def compared_scores(report: dict[str, Any]) -> list[str]:
-    """The report keys its evaluators mark for comparison."""
-    if "score_rows" not in report:
-        return list(LEGACY_COMPARED)
-    return [r["key"] for r in report["score_rows"] if r["compare"]]
-
-
-def higher_is_better(report: dict[str, Any]) -> dict[str, bool]:
-    """Per score row key, whether a higher value is better (rows written before it said so: all are)."""
-    return {r["key"]: r.get("higher_is_better", True) for r in report.get("score_rows", [])}
-
-
-def score(report: dict[str, Any], key: str) -> float | None:
-    """A score by its report key (dotted for nested fields, e.g. vision_bias.M_J_swapped)."""
-    value: Any = report
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def compare(now: dict[str, Any], prev: dict[str, Any] | None, tolerance: float) -> list[dict[str, Any]]:
-    """One row per compared score: now and before as the reports hold them (unrounded), delta, and whether it
-    got worse by more than the tolerance (fell, or rose for a score where lower is better: an FPR)."""
-    rows = []
-    better = higher_is_better(now)
-    for m in compared_scores(now):
-        value = score(now, m)
-        before = score(prev, m) if prev else None
-        delta = None if before is None else value - before
-        worse = None if delta is None else (-delta if better.get(m, True) else delta)
-        rows.append(
-            {
-                "metric": m,
-                "now": value,
-                "previous": before,
-                "delta": delta,
-                "higher_is_better": better.get(m, True),
-                "regression": bool(worse is not None and worse > tolerance),
-            }
-        )
-    return rows
 
 
 # -- names, keys, tags
@@ -174,19 +70,17 @@ def _run_kind() -> str:
     return "nightly" if NIGHTLY_TAG in (flow_run.tags or []) else "evaluate"
 
 
-def _param(name: str) -> Any:
-    """This run's parameter, or the evaluate flow's default for it."""
-    from prefect.runtime import flow_run
-
-    value = (flow_run.parameters or {}).get(name)
-    if value is None or isinstance(value, FieldInfo):  # not given (a deployment run carries only those)
-        return EvalFlowSettings.model_fields[name].default
-    return value
-
-
 def evaluate_run_name() -> str:
     """`evaluate-s4-test-end-to-end` (or `nightly-...` under the nightly), from the run's parameters."""
-    return "-".join(str(x) for x in (_run_kind(), _param("subset"), _param("split"), _param("mode")))
+    return "-".join(
+        str(x)
+        for x in (
+            _run_kind(),
+            run_param(EvalFlowSettings, "subset"),
+            run_param(EvalFlowSettings, "split"),
+            run_param(EvalFlowSettings, "mode"),
+        )
+    )
 
 
 def nightly_run_name() -> str:
@@ -200,27 +94,6 @@ def nightly_run_name() -> str:
 def head_label(path: Path, digest: str) -> str:
     """A head's name in a run name: its folder and the start of its digest (`train-s4-3f2a9c1`)."""
     return f"{path.parent.name}-{digest[:7]}"
-
-
-def label_run(name: str | None = None, add_tags: Iterable[str] = ()) -> None:
-    """Rename this flow run and add tags, on the server and in its context (a failure only warns)."""
-    from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    if ctx is None or ctx.flow_run is None:
-        return
-    have = list(ctx.flow_run.tags or [])
-    new_tags = have + [t for t in dict.fromkeys(add_tags) if t and t not in have]
-    try:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(UUID(str(ctx.flow_run.id)), name=name, tags=new_tags)
-    except Exception as e:  # a label is not worth the run
-        get_run_logger().warning(f"could not rename or tag the run: {e}")
-        return
-    ctx.flow_run.tags = new_tags
-    if name:
-        ctx.flow_run.name = name
 
 
 class VideoProgress:
@@ -430,17 +303,8 @@ def evaluate_one(s: EvalFlowSettings) -> dict[str, Any]:
     except DataError as e:  # say which parameter the data came from
         raise DataError(f"{e} [flow parameter root={s.root}]") from e
     log.info(f"{videos(report['videos'])} scored ({report['frames']} frames) in {report['seconds']} s")
-    found = previous_report(reports, report, out)
-    prev_path, prev = found if found else (None, None)
-    rows = compare(report, prev, tolerance)
-    change = what_changed(report, prev)
-    comparison = {
-        "previous": str(prev_path) if prev_path else None,
-        "previous_created": prev.get("created") if prev else None,
-        "change": change,
-        "tolerance": tolerance,
-    }
-    write_text(out / "comparison.json", json.dumps({**comparison, "rows": rows}, indent=2) + "\n")
+    comparison, rows, prev = compare_with_reports(report, out, reports, tolerance)
+    prev_path, change = comparison["previous"], comparison["change"]
     publish(key, report, rows, comparison, prev, out)
     log.info(f"report written at {out}")
     log.info(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -23,54 +22,16 @@ import torch
 from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from pydantic import BaseModel
-from pydantic.fields import FieldInfo
 
 from cache import FeatureStore
 from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import quiet_run_logs, run_flow
+from flows.run_page import absolute, label_run, preset_label, run_param
 from flows.runners import make_runner
 from pipeline.settings import ExtractConfig, ExtractFlowSettings
 from stages.extract import Shard, extract, extract_negatives, extract_shard, prepare, summarize
 
 # -- the run page: names and tags from the parameters (helpers the train-head flow uses too)
-
-
-def preset_label(preset: str | Path) -> str:
-    """A preset as a run name or tag shows it: its name (a preset folder: the folder's name)."""
-    return Path(str(preset)).name or str(preset)
-
-
-def run_param(model: type[BaseModel], name: str, parameters: dict[str, Any] | None = None) -> Any:
-    """A parameter of the current flow run (or of `parameters`), or the model's default when not given.
-
-    A deployment run carries only the parameters it was given (a run name template would miss the rest).
-    """
-    if parameters is None:
-        from prefect.runtime import flow_run
-
-        parameters = flow_run.parameters
-    value = parameters.get(name)
-    return model.model_fields[name].default if value is None or isinstance(value, FieldInfo) else value
-
-
-def tag_flow_run(*names: str) -> None:
-    """Add tags to the current flow run (kept: those it has, e.g. its deployment's).
-
-    Tags derived from parameters can only be added once the run exists: the deployment creates it.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    if ctx is None or ctx.flow_run is None:
-        return
-    have = list(ctx.flow_run.tags)
-    want = have + [t for t in dict.fromkeys(names) if t and t not in have]
-    if want != have:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(ctx.flow_run.id, tags=want)
-        ctx.flow_run.tags = want
 
 
 def extract_run_name(parameters: dict[str, Any] | None = None) -> str:
@@ -203,7 +164,7 @@ def extract_features(**params: Any) -> dict[str, Any]:
     cfg = s.stage()
     cfg = cfg.model_copy(update={"store": absolute(cfg.store), "root": cfg.root.resolve()})
     run_tags = (cfg.subset, preset_label(cfg.preset))
-    tag_flow_run(*run_tags)
+    label_run(add_tags=run_tags)
     shards = prepare(cfg)
     rows = sum(sh.rows for sh in shards)
     log.info(f"{len(shards)} pending shard(s), {rows} rows, runner {s.task_runner}, store {cfg.store}")
@@ -256,11 +217,6 @@ def run_line(results: list[dict[str, Any]], seconds: float) -> str:
     busy = sum(r["seconds"] for r in results if any(r["computed"]))
     rate = f" at {rows / busy:.1f} frames/s" if rows and busy > 0 else ""
     return f"{rows} rows computed in {busy:.1f} s of shard tasks{rate} ({seconds:.1f} s in all)"
-
-
-def absolute(store: str) -> str:
-    """A local store path made absolute (what a UI user can open); an fsspec URL as it is."""
-    return store if "://" in store else str(Path(store).expanduser().resolve())
 
 
 def run(s: ExtractFlowSettings) -> dict[str, Any]:

@@ -81,8 +81,8 @@ def schedule_words(cron: str, tz: str) -> str:
 
 def nightly_warnings(s: ServeSettings) -> list[str]:
     """What the nightly would fail on tonight as things stand (no clip list, no head for a subset)."""
-    from flows.evaluate import NoHead, newest_checkpoint
     from pipeline.data import layout
+    from pipeline.evaluation.compare import NoHead, newest_checkpoint
 
     found = []
     for subset in s.subsets:

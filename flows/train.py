@@ -26,9 +26,9 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from flows.extract import absolute, preset_label, run_param, tag_flow_run
 from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import quiet_run_logs, run_flow
+from flows.run_page import absolute, label_run, preset_label, run_param
 from pipeline.files import OutputLock
 from pipeline.model import HeadConfig
 from pipeline.model.sweep import load_sweep
@@ -139,7 +139,7 @@ def train_head(**params: Any) -> list[dict[str, Any]]:
     # Absolute: best.pt, the store and the output folder as a UI user can open them, wherever serve runs.
     cfg = cfg.model_copy(update={"store": absolute(cfg.store), "out": cfg.out.resolve()})
     run_tags = (cfg.subset, preset_label(cfg.preset))
-    tag_flow_run(*run_tags)
+    label_run(add_tags=run_tags)
     heads = load_sweep(s.sweep_file, s.preset) if s.sweep_file else {"head": cfg.head_config()}
     optim = cfg.optimiser()
     log.info(

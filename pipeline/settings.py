@@ -276,6 +276,14 @@ class EvalConfig(BaseModel):
     precision: PrecisionName = Field(
         "auto", description="auto (bf16 on CUDA, fp32 on the CPU), fp32, or bf16 autocast (TF32 on CUDA)"
     )
+    compare_with: Path | None = Field(
+        None,
+        description="an earlier report folder (report.json), or a folder of reports (its latest of the same "
+        "subset, split and mode): compare the scores with it and write comparison.json",
+    )
+    tolerance: float = Field(
+        0.005, ge=0, description="a metric lower than the previous report's by more than this is a regression"
+    )
 
     @model_validator(mode="after")
     def _store_for_cached(self) -> EvalConfig:

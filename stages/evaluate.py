@@ -35,6 +35,7 @@ from pipeline.data.layout import data_layout, mask_kind
 from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.encoders.registry import get_encoder, resolve_device
 from pipeline.evaluation import VideoOutput, build_evaluators, summarize, variants_of
+from pipeline.evaluation.compare import compare_with_reports
 from pipeline.evaluation.end_to_end import end_to_end_outputs, silence_embedding, swap_order
 from pipeline.evaluation.evaluators import REAL, SILENCE, SWAPPED
 from pipeline.evaluation.report import MaskWriter, Overlays, clips_digest, write_report
@@ -312,4 +313,7 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
     report["seconds"] = round(time.perf_counter() - t0, 3)
     report["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_report(report, evaluation, out)
+    if cfg.compare_with is not None:  # comparison.json beside the report; the report itself stays as written
+        header, rows, _ = compare_with_reports(report, out, cfg.compare_with, cfg.tolerance)
+        return {**report, "comparison": {**header, "rows": rows}}
     return report

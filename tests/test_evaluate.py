@@ -247,3 +247,22 @@ def test_a_head_of_another_subset_is_refused_or_flagged(run, caplog):
     report = evaluate(_cfg(run, "other", allow_other_subset=True, **kw))
     assert report["warnings"] == [f"{run['checkpoint']} was trained on s4, and is scored here on ms3"]
     assert report["model"]["trained_subset"] == "s4" and "trained on s4" in caplog.text
+
+
+def test_evaluate_compares_with_an_earlier_report_without_prefect(run, cached, capsys):
+    """`av2t evaluate --compare-with`: the library's comparison, the same one the flows publish."""
+    out = run["tmp"] / "again"
+    args = ["evaluate", "--checkpoint", str(run["checkpoint"]), "--root", str(run["root"]), "--subset", "s4"]
+    args += ["--store", run["store"], "--device", "cpu", "--out", str(out), "--overlays", "0"]
+    assert cli([*args, "--compare-with", str(run["tmp"] / "cached"), "--tolerance", "0.001"]) == 0
+    said = capsys.readouterr().out
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved["previous"] == str(run["tmp"] / "cached" / "report.json")
+    assert saved["change"].startswith("same head, same data")
+    rows = {r["metric"]: r for r in saved["rows"]}
+    assert rows["M_J"]["previous"] == cached["M_J"] and rows["M_J"]["delta"] == 0.0
+    assert not any(r["regression"] for r in saved["rows"])
+    assert f"compared with {run['tmp'] / 'cached' / 'report.json'}" in said and "REGRESSION" not in said
+    # A folder of reports: the latest earlier one of the same subset, split and mode is the reference.
+    found = evaluate(_cfg(run, "third", overlays=0, compare_with=run["tmp"]))["comparison"]
+    assert found["previous"] is not None and found["previous"].endswith("report.json")

@@ -15,10 +15,10 @@ from PIL import Image
 from cache import StoreError
 from cache.negatives import read_negative_clap
 from flows.cli import build_parser
-from flows.evaluate import compare
 from pipeline.data.clips import read_clips
 from pipeline.encoders.registry import get_encoder
 from pipeline.evaluation import VideoOutput, summarize
+from pipeline.evaluation.compare import compare
 from pipeline.evaluation.evaluators import REAL
 from pipeline.evaluation.negative_audio import noise_segments, segment_samples
 from pipeline.evaluation.robustness import CATEGORY_TABLE, PLOT, Robustness
