@@ -146,7 +146,7 @@ class FeatureStore:
     def creating(self) -> Iterator[None]:
         """One creator of groups at a time in a local store (a flock on its folder, released if the process
         dies): two extractions starting together never see each other's half-made group. Writing rows needs
-        no lock (each block is its own shard); remote stores have none (README: concurrent use)."""
+        no lock (each block is its own shard); remote stores have none (docs/guarantees.md: concurrent use)."""
         root = _local_root(self.url)
         if root is None or not os.path.isdir(root):
             yield

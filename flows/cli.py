@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="AV2T-SAM audio-visual segmentation pipeline",
         formatter_class=HelpFormatter,
         epilog="exit status: 0 done, 1 problems found or an unexpected error, 2 an error (one line), "
-        "130 interrupted, 141 stdout closed by its reader (| head), 143 terminated (see README, Errors)",
+        "130 interrupted, 141 stdout closed by its reader (| head), 143 terminated (see docs/guarantees.md, Errors)",
     )
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

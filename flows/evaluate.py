@@ -14,7 +14,7 @@ for a score where lower is better, as an FPR) ends the run
 Failed, named `Regression`, with `on_regression=fail` (the nightly's default), or Completed, named
 `Completed with regression`, with `warn` (the on-demand default); the artifacts are published first, and
 the run is tagged `regression`. Prefect's UI lists runs by state *name*: its default run filters (a
-deployment's Runs tab) leave these two names out (README, "What you see in the UI").
+deployment's Runs tab) leave these two names out (docs/deploy.md, "What you see in the UI").
 """
 
 from __future__ import annotations

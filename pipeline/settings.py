@@ -88,7 +88,7 @@ class ExtractConfig(BaseModel):
     quantize: Literal["none", "int8"] = Field(
         "none",
         description="int8: store the (C, H, W) feature maps (SAM 2) as int8 with a float32 scale per row and "
-        "channel, half the bytes of float16 (README, a smaller cache)",
+        "channel, half the bytes of float16 (docs/feature-store.md, int8 feature maps)",
     )
     decode_workers: int | None = Field(
         None,
@@ -122,7 +122,7 @@ class ExtractConfig(BaseModel):
     codec: str = Field(
         "none",
         description="compressor of the feature arrays (none, zstd, blosc-lz4, ...); none: zstd saves ~10% of "
-        "float16 features and makes reads 8-19x slower (README, the feature store)",
+        "float16 features and makes reads 8-19x slower (docs/feature-store.md)",
     )
     allow_other_fingerprints: bool = Field(
         False, description="keep features of other encoder fingerprints beside the new ones in one group"

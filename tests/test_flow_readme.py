@@ -1,6 +1,6 @@
-"""The README's deploy sequence ("On demand and every night") run as written against a real Prefect server.
+"""The deploy page's sequence (docs/deploy.md, "On demand and every night") run as written against a real Prefect server.
 
-The commands are read from README.md, so the test breaks when the README drifts: `av2t serve` in a folder
+The commands are read from docs/deploy.md, so the test breaks when the page drifts: `av2t serve` in a folder
 holding a small synthetic `data/synth`, then each `prefect deployment run` line (extract, train, on-demand,
 nightly). Every run must end Completed, and no run's logs may hold an ERROR line or a traceback (read
 through the API). The README's server on port 4200 is this test's server on a free port.
@@ -23,12 +23,12 @@ from test_flow_extract import api
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-SECTION = "### On demand and every night: `av2t serve`"
+SECTION = "# On demand and every night: `av2t serve`"
 
 
 def deploy_commands() -> list[list[str]]:
-    """The first bash block of the README's serve section: one argv per command (continuations joined)."""
-    text = (REPO / "README.md").read_text()
+    """The first bash block of the deploy page's serve section: one argv per command (continuations joined)."""
+    text = (REPO / "docs" / "deploy.md").read_text()
     block = text.split(SECTION, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     lines = block.replace("\\\n", " ").splitlines()
     return [argv for line in lines if (argv := shlex.split(line, comments=True))]
