@@ -24,9 +24,9 @@ if not __package__:  # run as `python bench/bench_official_e2e.py`: import from 
 import torch
 
 from bench import common
-from pipeline.config import encoder_config, preset_dir
 from pipeline.data.synth import SynthSpec, write_synthetic
 from pipeline.official.listing import listing_path, random_state
+from pipeline.presets import encoder_config, preset_dir
 from stages.evaluate import EvalConfig, evaluate
 from stages.official import import_reference
 

@@ -103,8 +103,8 @@ def _plain(v: Any) -> Any:
 
 def sam2_shapes(preset: str, highres: str, trunk_block: int | None = None) -> dict[str, tuple[int, ...]]:
     """Per-frame SAM 2 output shapes of a preset's encoder, built on meta (no weights, no memory)."""
-    from pipeline.config import encoder_config
     from pipeline.encoders import sam2_image as S
+    from pipeline.presets import encoder_config
 
     cfg = S.Config.model_validate(
         encoder_config(preset, "sam2") | {"weights": None, "highres": highres, "trunk_block": trunk_block}
@@ -114,8 +114,8 @@ def sam2_shapes(preset: str, highres: str, trunk_block: int | None = None) -> di
 
 def paper_shapes(highres: str = "after_conv", trunk_block: int | None = None) -> dict[str, tuple]:
     """array -> (per-row shape, stored dtype) of every array the paper preset's encoders write."""
-    from pipeline.config import encoder_config
     from pipeline.encoders import beit3 as B
+    from pipeline.presets import encoder_config
     from pipeline.settings import ExtractConfig
 
     feature = ExtractConfig.model_fields["dtype"].default

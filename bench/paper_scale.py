@@ -41,12 +41,12 @@ import cache.batches as CB
 from bench import common
 from cache import ArraySpec, FeatureStore, SplitIndex
 from cache.batches import FeatureBatches, Source, prefetch, to_device
-from pipeline.config import encoder_config
 from pipeline.encoders import beit3 as B
 from pipeline.encoders import sam2_image as S
 from pipeline.model.av2t_sam import AV2TSAM
 from pipeline.model.config import head_config
 from pipeline.model.loss import segmentation_loss
+from pipeline.presets import encoder_config
 from pipeline.settings import ExtractConfig
 
 PRESET = "paper"

@@ -22,10 +22,10 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.config import preset_file
 from pipeline.data.layout import SPLITS
 from pipeline.data.releases import known_subset, subsets
 from pipeline.model.config import HeadConfig, head_config
+from pipeline.presets import preset_file
 
 # The encoder names a store holds (pipeline.encoders.registry maps each to its module).
 ENCODER_NAMES: tuple[str, ...] = ("clip", "clap", "sam2", "beit3", "gt")

@@ -32,8 +32,9 @@ from cache.negatives import read_negative_clap
 from pipeline.checkpoints import CheckpointError
 from pipeline.data.clips import DataError, read_clips
 from pipeline.data.layout import data_layout, mask_kind
+from pipeline.devices import resolve_device
 from pipeline.encoders.gt_mask import ground_truth_group
-from pipeline.encoders.registry import get_encoder, resolve_device
+from pipeline.encoders.registry import get_encoder
 from pipeline.evaluation import VideoOutput, build_evaluators, summarize, variants_of
 from pipeline.evaluation.compare import compare_with_reports
 from pipeline.evaluation.end_to_end import end_to_end_outputs, silence_embedding, swap_order

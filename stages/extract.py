@@ -23,8 +23,9 @@ from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
 from pipeline.data.images import load_frame, protocol_mask
 from pipeline.data.layout import mask_kind
+from pipeline.devices import resolve_device
 from pipeline.encoders.base import Encoder
-from pipeline.encoders.registry import get_encoder, resolve_device
+from pipeline.encoders.registry import get_encoder
 from pipeline.evaluation.negative_audio import noise_segments, segment_samples, silence_segments
 from pipeline.model.precision import autocast, resolve_precision
 from pipeline.provenance import with_precision

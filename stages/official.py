@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.config import encoder_config, resolve_weights
 from pipeline.model.build import build_model
 from pipeline.model.head_checkpoint import head_payload, load_head, read_head, save_head
 from pipeline.official import from_reference_state, read_reference, save_reference
 from pipeline.official.checkpoint import backbone_of
 from pipeline.official.model import PRESETS
+from pipeline.presets import encoder_config, resolve_weights
 
 LINKED = ("clip", "clap")  # encoders whose weight files import links next to the written EVF file
 

@@ -20,8 +20,8 @@ from cache.feed import TrainReader, open_reader
 from cache.negative_batches import NegativeMixer, negative_bank
 from cache.quant import nonfinite_row_flags
 from pipeline.data.layout import mask_kind
+from pipeline.devices import resolve_device
 from pipeline.encoders.gt_mask import ground_truth_group
-from pipeline.encoders.registry import resolve_device
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
 from pipeline.files import OutputLock, clean_temp, inside, safe_name, save_torch, write_atomic, write_text
 from pipeline.model import AV2TSAM, HeadConfig, segmentation_loss

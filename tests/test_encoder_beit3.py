@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from pipeline.checkpoints import CheckpointError
-from pipeline.config import encoder_config
 from pipeline.encoders.beit3 import OUTPUT, PREFIX, Config, build, make_beit3, preprocess_frames
 from pipeline.encoders.registry import build_encoder
+from pipeline.presets import encoder_config
 
 LISTING = Path(__file__).parent / "reference" / "evf-sam2-multitask.keys.tsv"
 HF_REPO = "YxZhang/evf-sam2-multitask"

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from torch import nn
 
 from pipeline.checkpoints import CheckpointError, read_key_listing
-from pipeline.config import encoder_config
 from pipeline.encoders import clap_audio as ca
 from pipeline.encoders.registry import build_encoder
+from pipeline.presets import encoder_config
 
 REF = Path(__file__).parent / "reference"
 TINY_LISTING = REF / "laion_clap_630k-audioset-best_HTSAT-tiny.keys.tsv"

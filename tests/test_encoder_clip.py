@@ -16,9 +16,9 @@ import open_clip  # isort: skip
 from open_clip.transform import PreprocessCfg, image_transform_v2  # isort: skip
 
 from pipeline.checkpoints import CheckpointError, strip_prefix
-from pipeline.config import encoder_config
 from pipeline.encoders.clip_image import OPENAI_EXTRAS, Config, build, create_clip, preprocess_frames
 from pipeline.encoders.registry import build_encoder
+from pipeline.presets import encoder_config
 
 LISTING = Path(__file__).parent / "reference" / "open_clip_ViT-B-32-quickgelu_openai.keys.tsv"
 PAPER_PARAMS = 151_277_313

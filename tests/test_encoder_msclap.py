@@ -17,12 +17,12 @@ from pydantic import ValidationError
 
 from cache import FeatureStore, fingerprint
 from pipeline.checkpoints import CheckpointError, read_key_listing
-from pipeline.config import encoder_config, preset_dir
 from pipeline.data.audio import load_segments
 from pipeline.data.clips import read_clips
 from pipeline.data.synth import write_synthetic
 from pipeline.encoders import msclap_audio as ma
 from pipeline.encoders.registry import build_encoder
+from pipeline.presets import encoder_config, preset_dir
 from stages.extract import ExtractConfig, extract
 
 REF = Path(__file__).parent / "reference"

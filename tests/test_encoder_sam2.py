@@ -11,9 +11,10 @@ import torch
 
 import pipeline.encoders  # noqa: F401  (torchvision fix before sam2 imports it)
 from pipeline.checkpoints import CheckpointError
-from pipeline.config import encoder_config
 from pipeline.encoders import sam2_image as S
+from pipeline.encoders import sam_common as SC
 from pipeline.encoders.registry import build_encoder
+from pipeline.presets import encoder_config
 
 REF = Path(__file__).parent / "reference"
 SAM2_KEYS = REF / "sam2_hiera_large.keys.tsv"
@@ -367,7 +368,7 @@ def test_sam1_resize_is_av2t_data_loader_preprocessing():
     from torchvision.transforms.functional import resize, to_pil_image
 
     batch = frames(2, 224, 224, seed=3)
-    ours = S.preprocess_frames_sam1(batch, 1024)
+    ours = SC.preprocess_frames_sam1(batch, 1024)
     mean = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
     std = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
     for i, frame in enumerate(batch):
@@ -378,15 +379,15 @@ def test_sam1_resize_is_av2t_data_loader_preprocessing():
     plain = S.preprocess_frames(batch, 1024)
     assert 0 < (ours - plain).abs().max() * 58 < 3
     # a non-square frame keeps its aspect (long side 1024) and is zero-padded at the bottom
-    wide = S.preprocess_frames_sam1(frames(1, 112, 224, seed=4), 1024)
-    assert S.longest_side_shape(112, 224, 1024) == (512, 1024)
+    wide = SC.preprocess_frames_sam1(frames(1, 112, 224, seed=4), 1024)
+    assert SC.longest_side_shape(112, 224, 1024) == (512, 1024)
     assert wide.shape == (1, 3, 1024, 1024) and wide[:, :, 512:].abs().max() == 0
 
 
 def test_paper_official_preset_runs_the_reference_preprocessing():
     enc = S.Sam2ImageEncoder(S.build_sam(tiny_cfg(resize="sam1"), empty=False), tiny_cfg(resize="sam1"))
     x = frames(1, 224, 224)
-    assert torch.equal(enc.preprocess(x), S.preprocess_frames_sam1(x, enc.cfg.image_size))
+    assert torch.equal(enc.preprocess(x), SC.preprocess_frames_sam1(x, enc.cfg.image_size))
     assert enc.preprocessing_dict()["resize"].startswith("SAM-1")
     assert paper_cfg().resize == "sam2"
     assert S.Config.model_validate(encoder_config("paper-official", "sam2")).resize == "sam1"

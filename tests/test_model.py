@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 import pipeline.encoders  # noqa: F401  (torchvision fix before sam2 imports it)
 from pipeline.checkpoints import CheckpointError, read_key_listing
-from pipeline.config import encoder_config
 from pipeline.encoders import beit3 as B
 from pipeline.encoders import sam2_image as S
 from pipeline.encoders.registry import build_encoder
@@ -18,6 +17,7 @@ from pipeline.model.av2t_sam import REFERENCE_PREFIXES, upsample_masks
 from pipeline.model.build import build_model, read_text_hidden_fcs
 from pipeline.model.loss import hard_iou, soft_iou_loss
 from pipeline.official.listing import listing_path
+from pipeline.presets import encoder_config
 
 D_CLIP, D_CLAP = 64, 48  # different widths, so a swapped projection cannot pass
 N = 4

@@ -8,7 +8,6 @@ import torch
 
 import pipeline.encoders  # noqa: F401  (torchvision shim before segment_anything)
 from pipeline.checkpoints import CheckpointError, read_key_listing
-from pipeline.config import encoder_config
 from pipeline.encoders import sam1_image as s1
 from pipeline.encoders.registry import build_encoder
 from pipeline.model.av2t_sam1 import AV2TSAM1, REFERENCE_PREFIXES_SAM1
@@ -17,6 +16,7 @@ from pipeline.model.config import head_config
 from pipeline.official.checkpoint import to_reference
 from pipeline.official.listing import listing_path
 from pipeline.official.model import PRESETS, empty_model
+from pipeline.presets import encoder_config
 
 PRESET = "tiny-sam1"
 D_CLIP, D_CLAP = 64, 48

@@ -12,12 +12,12 @@ from synthetic_run import train_head
 
 from flows.cli import main as cli
 from pipeline.checkpoints import CheckpointError
-from pipeline.config import preset_dir
 from pipeline.encoders.registry import build_encoder
 from pipeline.model import head_config
 from pipeline.model.head_checkpoint import read_head
 from pipeline.official import read_reference
 from pipeline.official.checkpoint import head_to_reference
+from pipeline.presets import preset_dir
 from stages.evaluate import EvalConfig, evaluate
 from stages.official import export_reference, import_reference
 

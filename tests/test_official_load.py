@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from pipeline.checkpoints import meta_tensors, nonpersistent_buffers
-from pipeline.config import encoder_config
 from pipeline.encoders import sam1_image as S1
 from pipeline.encoders.sam1_image import PIXEL_MEAN, PIXEL_STD
 from pipeline.model.build import build_model
 from pipeline.model.config import head_config
 from pipeline.official import empty_model, from_reference_state, load_av2t_sam, to_reference
+from pipeline.presets import encoder_config
 
 D_CLIP, D_CLAP = 24, 40
 

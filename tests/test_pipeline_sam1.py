@@ -14,13 +14,13 @@ from PIL import Image
 from synthetic_run import synthetic_store, train_head
 
 from pipeline.checkpoints import CheckpointError
-from pipeline.config import preset_dir
 from pipeline.encoders.registry import build_encoder
 from pipeline.model.av2t_sam1 import REFERENCE_PREFIXES_SAM1
 from pipeline.model.config import head_config
 from pipeline.model.head_checkpoint import read_head
 from pipeline.official import read_reference
 from pipeline.official.checkpoint import head_to_reference
+from pipeline.presets import preset_dir
 from stages.evaluate import EvalConfig, evaluate
 from stages.official import export_reference, import_reference
 

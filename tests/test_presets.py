@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PRESETS_DIR, encoder_config, list_presets, preset_chain, preset_file
 from pipeline.encoders.registry import ENCODER_NAMES
 from pipeline.model.config import head_config
+from pipeline.presets import PRESETS_DIR, encoder_config, list_presets, preset_chain, preset_file
 from pipeline.settings import preset_optim
 
 

@@ -26,8 +26,8 @@ from pipeline.checkpoints import (
     require_materialised,
     to_empty_keeping_buffers,
 )
-from pipeline.config import resolve_weights
 from pipeline.encoders.base import Encoder, frames_tensor, seeded
+from pipeline.presets import resolve_weights
 
 with warnings.catch_warnings():  # torchscale 0.3.0 imports timm's deprecated `timm.models.layers`
     warnings.filterwarnings("ignore", message="Importing from timm.models.layers", category=FutureWarning)

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from pipeline.checkpoints import CheckpointError, load_strict, require_file
-from pipeline.config import resolve_weights
 from pipeline.data.audio import Stereo
 from pipeline.encoders.base import check_audio, seeded
 from pipeline.encoders.clap_common import (
@@ -36,6 +35,7 @@ from pipeline.encoders.clap_common import (
     read_training_checkpoint,
     tensors_only,
 )
+from pipeline.presets import resolve_weights
 
 OUTPUT = "clap"
 SAMPLE_RATE = 48_000

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from pipeline.checkpoints import CheckpointError, load_strict, read_state_dict, require_file, strip_prefix
-from pipeline.config import resolve_weights
 from pipeline.encoders.base import Encoder, frames_tensor, seeded
+from pipeline.presets import resolve_weights
 
 OUTPUT = "clip"
 # 0-dim entries of OpenAI's files that are hyper-parameters, not weights; every loader drops them.

@@ -34,7 +34,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from pipeline.checkpoints import CheckpointError, load_strict, require_file
-from pipeline.config import resolve_weights
 from pipeline.data.audio import Resampler, Stereo
 from pipeline.encoders.base import check_audio, seeded
 from pipeline.encoders.clap_common import (
@@ -46,6 +45,7 @@ from pipeline.encoders.clap_common import (
     tensors_only,
 )
 from pipeline.encoders.clap_common import HtsatSizes as ClapHtsatSizes
+from pipeline.presets import resolve_weights
 from pipeline.provenance import package_versions
 
 OUTPUT = "clap"  # the store and the head see an encoder called "clap", whatever implements it

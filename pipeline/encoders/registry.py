@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from pipeline.config import encoder_config
+from pipeline.devices import resolve_device
 from pipeline.encoders.base import Encoder
+from pipeline.presets import encoder_config
 from pipeline.provenance import canonical_json
 
 # encoder name -> its default module under pipeline.encoders; each module has `Config` (pydantic) and `build`.
@@ -91,13 +92,6 @@ def build_encoder(
     if enc.name != name:
         raise ValueError(f"{mod.__name__} builds encoder {enc.name!r}, not {name!r}")
     return enc.eval().requires_grad_(False).to(device)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' is the GPU when there is one."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 _SHARED: dict[tuple, Encoder] = {}

@@ -33,7 +33,7 @@ from torch import nn
 import pipeline.compat  # noqa: F401  (segment_anything imports torchvision)
 from pipeline.checkpoints import CheckpointError, read_evf_sam2, read_state_dict
 from pipeline.encoders.base import Encoder, seeded
-from pipeline.encoders.sam2_image import (
+from pipeline.encoders.sam_common import (
     IMAGE_EMBED,
     MEAN,
     STD,

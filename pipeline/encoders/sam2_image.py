@@ -24,9 +24,8 @@ Meta's `{"model": state_dict}` .pt (`sam2_hiera_large.pt`), both loaded strictly
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -36,32 +35,31 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from sam2.modeling.sam2_base import SAM2Base
 from torch import nn
 
 from pipeline.checkpoints import (
     CheckpointError,
-    load_strict,
     read_evf_sam2,
     read_state_dict,
-    require_file,
-    require_materialised,
-    to_empty_keeping_buffers,
 )
-from pipeline.config import resolve_weights
-from pipeline.encoders.base import Encoder, check_frames, frames_tensor, seeded
+from pipeline.encoders.base import Encoder, frames_tensor, seeded
+from pipeline.encoders.sam_common import (
+    IMAGE_EMBED,
+    MEAN,
+    STD,
+    TRUNK_IN,
+    normalize_frames_sam1,
+    parameters_on_meta,
+    random_or_loaded,
+    resize_frames_sam1,
+)
 
-IMAGE_EMBED = "image_embed"
-TRUNK_IN = "trunk_in"
 HIGH_RES = {
     "after_conv": ("high_res_0", "high_res_1"),
     "before_conv": ("high_res_0_pre_conv", "high_res_1_pre_conv"),
 }
-# SAM2Transforms' normalisation (ImageNet), applied to [0, 1] pixels.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 # What sam2.build_sam.build_sam2 adds by default (apply_postprocessing=True); EVF-SAM2 builds with it.
 POSTPROCESSING = {
     "dynamic_multimask_via_stability": True,
@@ -345,41 +343,6 @@ def preprocess_frames(frames: np.ndarray | torch.Tensor, image_size: int) -> tor
     return x.sub_(mean).div_(std).contiguous()  # in place: the same values, no new buffers
 
 
-def longest_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
-    """SAM-1's ResizeLongestSide target shape: the longest side to size, the other scaled and rounded."""
-    scale = size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def resize_frames_sam1(frames: np.ndarray, image_size: int) -> torch.Tensor:
-    """SAM-1's ResizeLongestSide on the host: PIL bilinear on uint8, longest side to size -> uint8 (B, h, w, 3)."""
-    frames = check_frames(frames)
-    h, w = longest_side_shape(frames.shape[1], frames.shape[2], image_size)
-    out = np.empty((len(frames), h, w, 3), np.uint8)
-    for i, frame in enumerate(frames):
-        img = Image.fromarray(frame)
-        if img.size != (w, h):  # torchvision's resize returns the PIL image itself when the size matches
-            img = img.resize((w, h), Image.BILINEAR)
-        out[i] = np.asarray(img)
-    return torch.from_numpy(out)
-
-
-def normalize_frames_sam1(x: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Resized uint8 (B, h, w, 3) -> mean/std on the 0-255 scale, zero padded to S x S (bottom/right)."""
-    x = frames_tensor(x)
-    h, w = x.shape[1:3]
-    mean = torch.tensor([255 * m for m in MEAN], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor([255 * s for s in STD], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    out = torch.zeros(len(x), 3, image_size, image_size, device=x.device)
-    out[:, :, :h, :w] = (x.permute(0, 3, 1, 2).float() - mean) / std
-    return out
-
-
-def preprocess_frames_sam1(frames: np.ndarray, image_size: int) -> torch.Tensor:
-    """SAM-1's ResizeLongestSide (PIL bilinear on uint8) + mean/std on 0-255 + zero pad: AV2T's images_sam."""
-    return normalize_frames_sam1(resize_frames_sam1(frames, image_size), image_size)
-
-
 # ---------------------------------------------------------------- model config
 
 
@@ -420,26 +383,6 @@ def _check_sizes(model: DictConfig, s: int) -> None:
 # ---------------------------------------------------------------- building
 
 
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Create every parameter on the meta device (no memory, no init cost); buffers stay real.
-
-    `with torch.device("meta")` does not work here: Hiera calls `.item()` on a linspace in __init__.
-    """
-    register = nn.Module.register_parameter
-
-    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    nn.Module.register_parameter = on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
-
-
 def build_sam(cfg: Config, empty: bool = False) -> SAM2Base:
     """SAM2Base from the config: seeded random weights, or (empty=True) parameters on meta, uninitialised.
 
@@ -464,27 +407,6 @@ def read_sam_state(path: Path, weights_format: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj.get("model"), Mapping):
         raise CheckpointError(f"{path}: expected Meta's {{'model': state_dict}}, got keys {sorted(obj)[:5]}")
     return dict(obj["model"])
-
-
-def random_or_loaded(
-    cfg: Any,
-    weights_dir: str | Path | None,
-    what: str,
-    sources: Mapping[str, str],
-    make: Callable[..., nn.Module],
-    read: Callable[[Path, str], dict[str, torch.Tensor]],
-) -> nn.Module:
-    """A SAM (1 or 2) of the config: make(cfg) with seeded random weights when cfg.weights is None, else
-    cfg.weights (in cfg.weights_format, read by `read`) loaded strictly into make(cfg, empty=True)."""
-    path = resolve_weights(cfg.weights, weights_dir)
-    if path is None:
-        return make(cfg)
-    path = require_file(path, what, sources[cfg.weights_format])
-    sd = read(path, cfg.weights_format)
-    model = to_empty_keeping_buffers(make(cfg, empty=True), "cpu")  # SAM 1's pixel_mean/std keep values
-    load_strict(model, sd, path)
-    require_materialised(model, path)
-    return model
 
 
 def build(cfg: Config, weights_dir: str | Path | None = None) -> Sam2ImageEncoder:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pipeline.encoders.sam1_image import run_vit_blocks, vit_embed
-from pipeline.encoders.sam2_image import IMAGE_EMBED, TRUNK_IN
+from pipeline.encoders.sam_common import IMAGE_EMBED, TRUNK_IN
 from pipeline.model.adapters import SharedAdapterBank
 from pipeline.model.av2t_sam import AV2TSAM, decoded
 

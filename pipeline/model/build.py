@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from pipeline.checkpoints import EVF_PREFIXES, CheckpointError, read_evf_sam2, require_file
-from pipeline.config import resolve_weights
 from pipeline.encoders.base import Encoder
 from pipeline.encoders.registry import get_encoder
 from pipeline.model.av2t_sam import AV2TSAM, FCS_PREFIX, TEXT_FCS_SOURCE
 from pipeline.model.config import HeadConfig
+from pipeline.presets import resolve_weights
 
 # The frozen encoders a head runs in every step (CLIP / CLAP run only at extraction or end to end).
 FROZEN = ("sam2", "beit3")

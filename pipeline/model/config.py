@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.config import preset_file
 from pipeline.negatives import CONDITIONS
+from pipeline.presets import preset_file
 
 
 class HeadConfig(BaseModel):

@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 
 from pipeline.checkpoints import CheckpointError, require_materialised, to_empty_keeping_buffers
-from pipeline.config import encoder_config
 from pipeline.encoders import beit3 as B
 from pipeline.encoders.registry import IMPL_KEY, encoder_module
 from pipeline.model.av2t_sam import AV2TSAM
 from pipeline.model.build import head_class
 from pipeline.model.config import head_config
 from pipeline.official.checkpoint import backbone_of, has_adapters, load_reference_state, read_reference
+from pipeline.presets import encoder_config
 
 PRESET = "paper-official"
 # The preset whose encoders a reference checkpoint was trained on, per backbone (--evf_version).
