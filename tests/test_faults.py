@@ -247,7 +247,7 @@ def test_serve_exits_130_on_ctrl_c(tmp_path):
         log = tmp_path / "serve.log"
         with open(log, "w") as f:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "flows.serve", "--no-nightly"],
+                [sys.executable, "-m", "flows.cli", "serve", "--no-nightly"],
                 env=env,
                 cwd=str(REPO),
                 stdout=f,
