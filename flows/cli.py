@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _command(
         sub,
         "serve",
-        "serve extract-features/extract, train-head/train, evaluate/on-demand and the scheduled "
+        "serve extract-features/extract, train-head/train, evaluate/on-demand, segment-videos/segment and the scheduled "
         "evaluate/nightly (needs a Prefect server: PREFECT_API_URL)",
         _cmd_serve,
         ServeSettings,

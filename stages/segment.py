@@ -92,10 +92,12 @@ def segment(
     cfg: SegmentConfig,
     segmenter: tuple[Segmenter, dict[str, Any]] | None = None,
     on_video: Callable[[int, int], None] | None = None,
+    names: dict[Path, str] | None = None,
 ) -> dict[str, Any]:
     """Segment every video of cfg.videos; returns {"done": [segments.json of each], "failed": [{video, error}]}.
 
-    segmenter: one built before (load_segmenter), e.g. by a page that keeps it; on_video(done, total) after each.
+    segmenter: one built before (load_segmenter), e.g. by a page that keeps it; on_video(done, total) after each;
+    names: the output folder name of each video (default: output_names of this list).
     """
     from tqdm import tqdm
 
@@ -103,7 +105,7 @@ def segment(
     videos = list_videos(cfg.videos)
     seg, meta = segmenter or load_segmenter(cfg)
     pairing = Pairing(cfg.fps)
-    names = output_names(videos)
+    names = {**output_names(videos), **(names or {})}
     done, failed = [], []
     for i, video in enumerate(videos):
         folder = Path(cfg.out) / names[video]
