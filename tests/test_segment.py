@@ -132,6 +132,9 @@ def test_videos_of_any_kind_and_bad_files(s4_run, tmp_path, capsys):
     )
     (v / "d.mkv").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     (v / "e.mp4").write_bytes(b"this is not a video\n" * 50)
+    ffv1 = write_video(tmp_path / "f.mkv", moving_frames(10, 32, 32), fps=10, video_codec="ffv1", pix_fmt="bgr0",
+                       audio=tone(1.0, 16000), rate=16000, audio_codec="pcm_s16le")  # fmt: skip
+    (v / "f.mkv").write_bytes(ffv1.read_bytes().replace(b"V_FFV1", b"V_ZZZ1"))  # a codec FFmpeg does not know
     code = cli(
         [
             "segment",
@@ -150,6 +153,8 @@ def test_videos_of_any_kind_and_bad_files(s4_run, tmp_path, capsys):
     assert any("c.mov: no audio stream" in ln and "--audio own-or-silence" in ln for ln in lines), err
     assert any("e.mp4: not a video FFmpeg can read" in ln for ln in lines), err
     assert any("d.mkv" in ln and "truncated" in ln for ln in lines), err
+    assert any("f.mkv" in ln and "codec is unknown to FFmpeg" in ln for ln in lines), err
+    assert "4 of 6 videos failed" not in err and "3 of 6 videos failed" in err, err
     import av
 
     for name, seconds in (("a", 3.0), ("b", 3.0), ("d", 5.0)):
