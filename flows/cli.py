@@ -26,6 +26,7 @@ from flows import errors
 from flows.options import HelpFormatter, options, values
 from pipeline.settings import (
     DEFAULT_STORE,
+    AppSettings,
     CacheExportOptions,
     CacheImportOptions,
     CacheInfoOptions,
@@ -37,6 +38,7 @@ from pipeline.settings import (
     OfficialExportOptions,
     OfficialImportOptions,
     ScoreOptions,
+    SegmentConfig,
     ServeSettings,
     SynthOptions,
     TrainFlowSettings,
@@ -186,6 +188,40 @@ def _cmd_evaluate(o: EvalConfig) -> int:
             delta = "" if row["delta"] is None else f" ({row['delta']:+.4f})"
             flag = "  REGRESSION" if row["regression"] else ""
             print(f"  {row['metric']:<{width}}{before} -> {row['now']:.4f}{delta}{flag}")
+    return 0
+
+
+def _cmd_segment(o: SegmentConfig) -> int:
+    from flows.heads import head_for
+    from stages.segment import segment
+
+    head, weights = head_for(o.checkpoint, o.out, o.weights_dir, o.preset)
+    preset = None if head != o.checkpoint else o.preset  # an imported head carries the preset it was given
+    cfg = o.model_copy(
+        update={"checkpoint": head, "weights_dir": weights, "preset": preset, "progress": sys.stderr.isatty()}
+    )
+    r = segment(cfg)
+    for d in r["done"]:
+        area = d["mean_sounding_area"]
+        print(
+            f"{d['video']}: {len(d['frames'])} frames, {d['seconds']:.1f} s, mean sounding area {area:.3f} -> {d['folder']}"
+        )
+        for problem in d["problems"]:
+            print(f"av2t: warning: {d['video']}: {problem}", file=sys.stderr)
+    for f in r["failed"]:
+        print(f"av2t: error: {f['error']}", file=sys.stderr)
+    if r["failed"]:
+        print(
+            f"av2t: {len(r['failed'])} of {len(r['failed']) + len(r['done'])} videos failed", file=sys.stderr
+        )
+        return EXIT_ERROR
+    return 0
+
+
+def _cmd_app(o: AppSettings) -> int:
+    from flows.app import main as app
+
+    app(o)
     return 0
 
 
@@ -344,6 +380,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _command(
         sub,
+        "segment",
+        "segment video files with a head: masks, overlay.mp4 (with its sound) and segments.json per video",
+        _cmd_segment,
+        SegmentConfig,
+        exclude=["progress"],
+        positional=["videos"],
+    )
+    _command(
+        sub,
+        "app",
+        "a web page on 127.0.0.1 to try a head on a video (needs the app extra: pip install 'av2t[app]')",
+        _cmd_app,
+        AppSettings,
+    )
+    _command(
+        sub,
         "demo",
         "synthetic S4 + MS3 -> extract -> train -> evaluate, tiny preset",
         _cmd_demo,
@@ -369,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _command(
         sub,
         "serve",
-        "serve extract-features/extract, train-head/train, evaluate/on-demand and the scheduled "
+        "serve extract-features/extract, train-head/train, evaluate/on-demand, segment-videos/segment and the scheduled "
         "evaluate/nightly (needs a Prefect server: PREFECT_API_URL)",
         _cmd_serve,
         ServeSettings,

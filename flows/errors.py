@@ -41,6 +41,8 @@ OPTIONAL_PACKAGES = {
     "prefect_dask": "prefect-dask",
     "distributed": "distributed",
     "dask_kubernetes": "dask-kubernetes",
+    "av": "av",
+    "gradio": "'av2t[app]'",
 }
 
 _debug = False

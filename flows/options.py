@@ -132,6 +132,9 @@ def add_option(
     tp = _optional(f.annotation)
     help_ = _help(f, tp, default, required)
     if positional:
+        if typing.get_origin(tp) is list:  # one or more values
+            (item,) = typing.get_args(tp) or (str,)
+            return parser.add_argument(name, nargs="+", help=help_, metavar=name.upper(), **_kind(item))
         return parser.add_argument(name, help=help_, **_kind(tp, f.metadata))
     flag = flag or "--" + name.replace("_", "-")
     kw: dict[str, Any] = {"dest": name, "default": default}

@@ -6,6 +6,7 @@
 | `train-head/train` | train-head | train, on-demand | when asked |
 | `evaluate/on-demand` | evaluate (`flows.evaluate.evaluate`) | evaluate, on-demand | when asked |
 | `evaluate/nightly` | evaluate (`flows.evaluate.nightly`) | evaluate, nightly, the mode, each subset | on its cron |
+| `segment-videos/segment` | segment-videos | segment, on-demand | when asked |
 
 The nightly's paths are made absolute here, against the working directory of `av2t serve`, and checked;
 its deployment carries every parameter, so a run with no parameters (what the schedule starts) works.
@@ -142,6 +143,7 @@ def deployments(settings: ServeSettings) -> list:
 
     from flows.evaluate import evaluate, nightly
     from flows.extract import extract_features
+    from flows.segment import segment_videos
     from flows.train import train_head
 
     s = resolve(settings)
@@ -177,6 +179,16 @@ def deployments(settings: ServeSettings) -> list:
             + "`.",
         ),
     ]
+    served.append(
+        segment_videos.to_deployment(
+            name="segment",
+            tags=["segment", "on-demand"],
+            description="Segment a folder of videos (any container and codec FFmpeg reads) with a head: per "
+            "video masks, overlay.mp4 (with its sound) and segments.json under out; one task per video, a table "
+            "artifact segment-videos. E.g. prefect deployment run segment-videos/segment --param videos=/data/clips "
+            "--param checkpoint=runs/head/best.pt --param out=runs/segment.",
+        )
+    )
     if s.nightly:
         try:
             schedule = Cron(s.cron, timezone=s.timezone, slug="nightly")

@@ -293,6 +293,74 @@ class EvalConfig(BaseModel):
         return self
 
 
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".flv",
+    ".ogv",
+    ".3gp",
+)
+AudioChoice = Literal["own", "own-or-silence", "silence"]
+
+
+class SegmentConfig(BaseModel):
+    """Segment video files with a head: masks, an overlay video and segments.json per video."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    videos: list[Path] = Field(
+        min_length=1,
+        description="video files, or folders of them ("
+        + " ".join(VIDEO_SUFFIXES)
+        + "), any codec FFmpeg reads",
+    )
+    checkpoint: Path = Field(
+        description="a head checkpoint (best.pt of train), or a published AV2T-SAM {name}_best.pth (imported "
+        "into OUT/official-import first)"
+    )
+    out: Path = Field(Path("runs/segment"), description="folder for one output folder per video")
+    preset: str | None = Field(
+        None,
+        description="encoder preset: a head checkpoint's own (given: must match it); for a published "
+        "checkpoint, paper-official (SAM 2) or paper-official-sam1 by default",
+    )
+    fps: float | None = Field(
+        None,
+        gt=0,
+        le=120,
+        description="output frames per second, each frame with the 1-s audio window centred on it "
+        "(default: AVSBench's pairing, 1 frame per second at 15/16 of each second with that second's audio)",
+    )
+    audio: AudioChoice = Field(
+        "own",
+        description="own: the video's audio (a file without audio is refused); own-or-silence: silence for "
+        "files without audio; silence: every video on silence (recorded in segments.json)",
+    )
+    audio_from: Path | None = Field(
+        None, description="take the audio of this file instead (swap: the same frames with another sound)"
+    )
+    overlay: bool = Field(
+        True, description="write overlay.mp4 (H.264 + AAC, the masks blended on the frames)"
+    )
+    batch_size: int = Field(8, ge=1, description="frames per forward")
+    device: str = Field("auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    precision: PrecisionName = Field(
+        "auto", description="auto (bf16 on CUDA, fp32 on the CPU), fp32, or bf16 autocast (TF32 on CUDA)"
+    )
+    weights_dir: Path | None = Field(
+        None, description="folder of the official checkpoints (default: $AV2T_WEIGHTS, else ./weights)"
+    )
+    threads: int = Field(0, ge=0, description="torch threads (0: leave as is)")
+    progress: bool = Field(True, description="show a progress bar over frames")
+
+
 # The flows' own settings: a stage's config plus what only the flow decides (where tasks run, what to compare).
 # Their fields are the flows' parameters (flows.params) and the `av2t` options (flows.options).
 
@@ -603,3 +671,39 @@ class ServeSettings(_Options):
                 f"--timezone: unknown time zone {self.timezone!r} (an IANA name such as UTC or Europe/Paris)"
             ) from None
         return self
+
+
+class SegmentFlowSettings(RunnerSettings):
+    """The segment-videos flow: a folder of videos in, one result folder per video out, one task per video."""
+
+    videos: Path = Field(description="folder of video files (or one file)")
+    checkpoint: Path = _like(SegmentConfig, "checkpoint", ...)
+    out: Path = _like(SegmentConfig, "out", Path("runs/segment"))
+    preset: str | None = _like(SegmentConfig, "preset", None)
+    fps: float | None = Field(None, gt=0, le=120, description=SegmentConfig.model_fields["fps"].description)
+    audio: AudioChoice = _like(SegmentConfig, "audio", "own-or-silence")
+    overlay: bool = _like(SegmentConfig, "overlay", True)
+    batch_size: int = Field(8, ge=1, description=SegmentConfig.model_fields["batch_size"].description)
+    device: str = _like(SegmentConfig, "device", "auto")
+    precision: PrecisionName = _like(SegmentConfig, "precision", "auto")
+    weights_dir: Path | None = _like(SegmentConfig, "weights_dir", None)
+
+    def stage(self, videos: list[Path] | None = None) -> SegmentConfig:
+        """The segment stage's part, for these videos (default: the folder)."""
+        fields = self.model_dump(include=set(SegmentConfig.model_fields) - {"videos"})
+        return SegmentConfig.model_validate(
+            fields | {"videos": videos or [self.videos], "progress": False, "threads": 0}
+        )
+
+
+class AppSettings(_Options):
+    """av2t app: a web page to try a head on a video (Gradio, served on 127.0.0.1 only)."""
+
+    checkpoint: Path = _like(SegmentConfig, "checkpoint", ...)
+    preset: str | None = _like(SegmentConfig, "preset", None)
+    examples: Path | None = Field(None, description="a folder of videos the page offers to pick from")
+    port: int = Field(7860, ge=0, le=65535, description="port on 127.0.0.1 (0: the first free one from 7860)")
+    device: str = _like(SegmentConfig, "device", "auto")
+    weights_dir: Path | None = _like(SegmentConfig, "weights_dir", None)
+    out: Path = Field(Path("runs/app"), description="folder for the page's results (one folder per try)")
+    max_seconds: float = Field(600, gt=0, description="longest video the page segments, in seconds")

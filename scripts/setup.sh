@@ -44,6 +44,18 @@ pip install -q --no-deps "laion-clap==1.1.7" "msclap==1.3.4" "torchscale==0.3.0"
 # sam2 compiles an optional CUDA extension unless told not to; build against the torch we have.
 SAM2_BUILD_CUDA=0 pip install -q --no-build-isolation "sam2==1.1.0"
 pip install -q -e ".[dev]"
+# The page's browser test drives Debian's chromium (Playwright's own browser download needs the internet):
+# installed here when missing and we may (root, apt-get); otherwise that test skips and says why.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "av2t setup: installing chromium with apt-get (for the page's browser test)" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >>"$log" 2>&1; then
+      echo "av2t setup: warning: chromium could not be installed (log: $log); the browser test will skip" >&2
+    fi
+  else
+    echo "av2t setup: note: no chromium and not root: the browser test will skip (apt-get install chromium)" >&2
+  fi
+fi
 touch "$stamp"
 # pip's resolver reports the stale pins installed around above as "ERROR: ... incompatible": expected.
 echo "av2t setup: done; laion-clap, msclap and torchscale are installed without their stale pins on purpose" \

@@ -37,18 +37,21 @@ from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.encoders.registry import get_encoder
 from pipeline.evaluation import VideoOutput, build_evaluators, summarize, variants_of
 from pipeline.evaluation.compare import compare_with_reports
-from pipeline.evaluation.end_to_end import end_to_end_outputs, silence_embedding, swap_order
+from pipeline.evaluation.end_to_end import (
+    FEATURE_ENCODERS,
+    end_to_end_model,
+    end_to_end_outputs,
+    silence_embedding,
+    swap_order,
+)
 from pipeline.evaluation.evaluators import REAL, SILENCE, SWAPPED
 from pipeline.evaluation.report import MaskWriter, Overlays, clips_digest, write_report
 from pipeline.evaluation.robustness import NOISE, OFFSCREEN, Robustness
-from pipeline.model import AV2TSAM
-from pipeline.model.build import build_model, encoder_widths, frozen_encoders, sam2_overrides
+from pipeline.model.build import build_model, frozen_encoders
 from pipeline.model.head_checkpoint import HeadCheckpoint, check_features, load_head, read_head
-from pipeline.model.precision import as_fp32, autocast, resolve_precision
+from pipeline.model.precision import autocast, resolve_precision
 from pipeline.negatives import offscreen_partners
 from pipeline.settings import EvalConfig
-
-FEATURE_ENCODERS = ("clip", "clap", "sam2", "beit3")
 
 __all__ = ["EvalConfig", "evaluate", "swap_order"]
 log = logging.getLogger("av2t.evaluate")
@@ -174,29 +177,6 @@ def replaced_audio(
     return out
 
 
-def end_to_end_model(cfg: EvalConfig, ck: HeadCheckpoint, device: torch.device) -> tuple[AV2TSAM, dict]:
-    """The head on encoders built from its preset, every encoder checked against the features it was trained on."""
-    preset, wd = ck.preset, cfg.weights_dir
-    encs = {
-        n: get_encoder(n, preset, wd, device, sam2_overrides(ck.head) if n == "sam2" else None)
-        for n in FEATURE_ENCODERS
-    }
-    check_features(ck, {n: e.provenance() for n, e in encs.items()}, f"preset {preset!r} built here")
-    encs["gt"] = get_encoder("gt", preset, wd, "cpu")
-    model = build_model(ck.head, preset, **encoder_widths(encs), weights_dir=wd, device=device, encoders=encs)
-    load_head(ck, model)
-    model.eval()
-    if resolve_precision(cfg.precision, device) == "bf16":  # the head's forward only: CLIP / CLAP stay fp32
-        forward_raw = model.forward_raw
-
-        def bf16_forward_raw(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-            with autocast("bf16", device):
-                return as_fp32(forward_raw(*args, **kwargs))
-
-        model.forward_raw = bf16_forward_raw  # type: ignore[method-assign]
-    return model, encs
-
-
 def check_subset(cfg: EvalConfig, ck: HeadCheckpoint) -> list[str]:
     """A head trained on another subset is refused, or (allow_other_subset) scored with a warning."""
     if ck.subset is None or ck.subset == cfg.subset:
@@ -262,7 +242,7 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
                 f"{len(clips)} clips of {cfg.root} (another data tree or clip list)"
             )
     else:
-        model, encs = end_to_end_model(cfg, ck, device)
+        model, encs = end_to_end_model(ck, cfg.weights_dir, device, cfg.precision)
         videos = [c.id for c in clips]
         outputs = end_to_end_outputs(model, encs, clips, variants, device, partners, cfg.robustness_seed)
     out = Path(cfg.out)

@@ -40,7 +40,13 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"prefect server at {url} not healthy after {timeout} s")
 
 
-SERVED = ("extract", "train", "on-demand", "nightly")  # the deployment names `av2t serve` registers
+SERVED = (
+    "extract",
+    "train",
+    "on-demand",
+    "nightly",
+    "segment",
+)  # the deployment names `av2t serve` registers
 
 
 def nightly_folders(home: Path) -> list[str]:

@@ -62,6 +62,8 @@ def test_every_command_is_there():
         "train",
         "score",
         "evaluate",
+        "segment",
+        "app",
         "demo",
         "official import",
         "official export",

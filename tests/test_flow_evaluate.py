@@ -149,7 +149,7 @@ def test_prefect_yaml_has_the_served_deployments(tmp_path):
     }
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
     declared = {d["name"]: d for d in spec["deployments"]}
-    assert set(declared) == set(served) == {"extract", "train", "on-demand", "nightly"}
+    assert set(declared) == set(served) == {"extract", "train", "on-demand", "nightly", "segment"}
     for name, d in declared.items():
         assert served[name].entrypoint.endswith(d["entrypoint"]) and set(d["tags"]) == set(served[name].tags)
         assert d["work_pool"]["name"] == "{{ $AV2T_WORK_POOL }}"
