@@ -24,5 +24,7 @@ RELEASE = register_release(
         synthesiser="pipeline.data.ref_avs_synth:write_ref_avs_videos",
         splits=SPLITS,
         planner="pipeline.data.ref_avs_synth:plan_ref_avs_videos",
+        expressions="pipeline.data.ref_avs_read:read_expressions",
+        expression_masks="pipeline.data.ref_avs_read:expression_masks",
     )
 )

@@ -46,6 +46,8 @@ class Release:
     synthesiser: str  # (root, subset, plans, seed, spec): write the planned videos and their metadata
     splits: tuple[str, ...] = ("train", "val", "test")  # the release's split names, in report order
     planner: str | None = None  # (subset, videos, seed, spec) -> [VideoPlan]; None: pipeline.data.synth's
+    expressions: str | None = None  # (root, split) -> [expression]: a release of referring expressions
+    expression_masks: str | None = None  # (root, expression) -> bool (frames, H, W) at the protocol's size
 
     def read_clips(self, root: Path, subset: str, split: str) -> list[Any]:
         """All clips of one split, in metadata order."""
@@ -62,6 +64,16 @@ class Release:
     def write_synthetic(self, root: Path, subset: str, plans: list[Any], seed: int, spec: Any) -> None:
         """Write planned synthetic videos in this release's layout."""
         _resolve(self.synthesiser)(root, subset, plans, seed, spec)
+
+    def read_expressions(self, root: Path, split: str) -> list[Any] | None:
+        """The split's referring expressions, or None for a release without them."""
+        return None if self.expressions is None else _resolve(self.expressions)(root, split)
+
+    def read_expression_masks(self, root: Path, expression: Any) -> Any:
+        """One expression's GT masks at the protocol's size."""
+        if self.expression_masks is None:
+            raise ValueError(f"release {self.name!r} has no referring expressions")
+        return _resolve(self.expression_masks)(root, expression)
 
     def plan_synthetic(self, subset: str, videos: int, seed: int, spec: Any) -> list[Any] | None:
         """The release's own plan of synthetic videos, or None when the shared planner serves."""
