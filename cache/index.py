@@ -46,7 +46,8 @@ class SplitIndex:
         v1s train: frame 1), 'all' every frame."""
         rows = []
         for c in clips:
-            only_annotated = frames == "used" and c.split == "train" and len(c.annotated) < len(c.frames)
+            # (no annotated frame at all: masks belong to expressions, Ref-AVS; every frame is used)
+            only_annotated = frames == "used" and c.split == "train" and 0 < len(c.annotated) < len(c.frames)
             for k in c.frames:
                 if only_annotated and k not in c.annotated:
                     continue

@@ -134,6 +134,16 @@ def _mean_curve(curves: Tensor) -> Tensor:
     return total / curves.shape[0]
 
 
+def frame_f_curves(probs: Tensor, fg: Tensor) -> Tensor:
+    """(M, 255) official F curves of the frames of (N, H, W) probabilities whose GT `fg` is non-empty."""
+    return _frame_f_curves(probs, fg)
+
+
+def mean_curve(curves: Tensor) -> Tensor:
+    """The official batch curve of (M, 255) frame curves (zeros when M is 0)."""
+    return _mean_curve(curves)
+
+
 def f_curve(logits: Tensor, gt: Tensor) -> tuple[Tensor, int]:
     """The official (255,) mean F curve over the batch's non-empty-GT frames, and how many frames counted."""
     logits, fg = _check(logits, gt)

@@ -22,15 +22,24 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.data.errors import DataError
 from pipeline.data.layout import SPLITS
-from pipeline.data.releases import known_subset, subsets
+from pipeline.data.releases import all_splits, known_split, known_subset, splits_of, subsets
 from pipeline.model.config import HeadConfig, head_config
 from pipeline.presets import preset_file
 
 # The encoder names a store holds (pipeline.encoders.registry maps each to its module).
 ENCODER_NAMES: tuple[str, ...] = ("clip", "clap", "sam2", "beit3", "gt")
 DEFAULT_STORE = "runs/store.zarr"
-Split = Literal["train", "val", "test"]
+
+
+def _split_enum(schema: dict[str, Any]) -> None:
+    """Every registered release's split names as the JSON schema's enum."""
+    schema["enum"] = list(all_splits())
+
+
+# A split of any registered release (AVSBench: train / val / test; Ref-AVS adds test_s / test_u / test_n).
+Split = Annotated[str, AfterValidator(known_split), Field(json_schema_extra=_split_enum)]
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,16 @@ class ExtractConfig(BaseModel):
         "features (the cached robustness suite, `av2t evaluate --robustness`, reads them)",
     )
     negatives_seed: int = Field(0, description="seed of the negative rows' white noise (--negatives)")
+
+    @model_validator(mode="after")
+    def _release_splits(self) -> ExtractConfig:
+        """Splits default to the subset's release's; a split the release lacks is refused."""
+        own = splits_of(self.subset)
+        if "splits" not in self.model_fields_set:
+            self.splits = list(own)
+        elif bad := [s for s in self.splits if s not in own]:
+            raise ValueError(f"splits {bad} are not splits of {self.subset!r}; expected some of {own}")
+        return self
 
 
 class ExtractPreset(BaseModel):
@@ -505,6 +524,29 @@ class DemoSettings(BaseModel):
 # The options of the `av2t` commands that run no flow.
 
 
+def _subset_from_release(data: Any) -> Any:
+    """`release` names a release: its subset when it has one and none is given; a given subset must be its."""
+    if not isinstance(data, dict):
+        return data
+    if data.get("release") is None:
+        if data.get("subset") is None:
+            raise ValueError(f"name the subset (--subset {'|'.join(subsets())}) or a release (--release)")
+        return data
+    from pipeline.data.releases import release_named
+
+    try:
+        release = release_named(str(data["release"]))
+    except DataError as e:
+        raise ValueError(str(e)) from None
+    if data.get("subset") is None:
+        if len(release.subsets) != 1:
+            raise ValueError(f"release {release.name!r} has subsets {tuple(release.subsets)}: name one")
+        return {**data, "subset": next(iter(release.subsets))}
+    if data["subset"] not in release.subsets:
+        raise ValueError(f"subset {data['subset']!r} is not a subset of release {release.name!r}")
+    return data
+
+
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -513,7 +555,10 @@ class SynthOptions(_Options):
     """av2t synth."""
 
     out: Path = Field(description="AVSBench root to write")
-    subset: SubsetName = Field(description="AVSBench subset to write")
+    subset: SubsetName = Field(None, description="AVSBench subset to write (or name --release)")  # type: ignore[assignment]
+    release: str | None = Field(None, description="a release with one subset (ref-avs) instead of --subset")
+
+    _subset_of_release = model_validator(mode="before")(lambda cls, data: _subset_from_release(data))
     videos: int = Field(24, ge=3, description="total videos, split ~70/15/15 (at least one per split)")
     seed: int = Field(0, ge=0, description="seed (the same seed writes byte-identical files)")
 
@@ -522,7 +567,10 @@ class DataCheckOptions(_Options):
     """av2t data check."""
 
     root: Path = Field(description="AVSBench root to validate")
-    subset: SubsetName = Field(description="AVSBench subset to validate")
+    subset: SubsetName = Field(None, description="AVSBench subset to validate (or name --release)")  # type: ignore[assignment]
+    release: str | None = Field(None, description="a release with one subset (ref-avs) instead of --subset")
+
+    _subset_of_release = model_validator(mode="before")(lambda cls, data: _subset_from_release(data))
     as_json: bool = Field(False, description="print one JSON object")
     workers: int = Field(8, ge=1, description="decode threads")
 

@@ -23,6 +23,7 @@ from pipeline.data.audio import Resampler, Stereo, load_segments
 from pipeline.data.clips import Clip, DataError, read_clips
 from pipeline.data.images import load_frame, protocol_mask
 from pipeline.data.layout import mask_kind
+from pipeline.data.releases import release_of
 from pipeline.devices import resolve_device
 from pipeline.encoders.base import Encoder
 from pipeline.encoders.registry import get_encoder
@@ -569,4 +570,52 @@ def extract(cfg: ExtractConfig, progress: bool = True, timings: Timings | None =
     negatives = extract_negatives(cfg)
     failures = [f for r in results for f in r["failures"]]
     computed = sum(n for r in results for n in r["computed"])
-    return {"shards": len(shards), "computed": computed, "failures": failures, "negatives": negatives}
+    out = {"shards": len(shards), "computed": computed, "failures": failures, "negatives": negatives}
+    if expressions := extract_expressions(cfg):
+        out["expressions"] = expressions
+    return out
+
+
+MASK_RULE = (
+    "the release's official GT reading at its protocol size (Ref-AVS: 256 x 256, cv2-like bilinear > 0)"
+)
+
+
+def extract_expressions(cfg: ExtractConfig) -> dict[str, dict[str, Any]]:
+    """The (video, expression) level of a release with referring expressions (Ref-AVS): the expression table,
+    each expression's text tokens and GT masks; only rows not cached yet are computed. Per split: the uids added
+    to the table and those whose tokens / masks were computed now. {} for a release without expressions."""
+    from cache.expressions import add_expressions, require_feature
+    from pipeline.encoders.text_tokens import load_tokenizer
+    from pipeline.presets import weights_dir
+
+    release = release_of(cfg.subset)
+    if release.expressions is None:
+        return {}
+    tok = load_tokenizer(cfg.preset, weights_dir(cfg.weights_dir))
+    store = FeatureStore(cfg.store)
+    out = {}
+    for split in cfg.splits:
+        group = store.split(cfg.subset, split)
+        exprs = release.read_expressions(Path(cfg.root), split)
+        by_uid = {e.uid: e for e in exprs}
+        table, added = add_expressions(group, exprs)
+
+        def tokens(rows: list[int], table=table) -> dict[str, np.ndarray]:
+            ids, lengths = tok.encode([str(table.text[r]) for r in rows])
+            return {"ids": ids, "length": lengths}
+
+        def masks(rows: list[int], table=table, by_uid=by_uid) -> dict[str, np.ndarray]:
+            got = [release.read_expression_masks(Path(cfg.root), by_uid[str(table.uid[r])]) for r in rows]
+            return {"mask": np.stack(got).astype(np.uint8)}
+
+        _, tok_rows = require_feature(group, "text", tok.provenance(), tokens)
+        _, mask_rows = require_feature(group, "gt", {"reader": MASK_RULE, "release": release.name}, masks)
+        uid = table.uid.tolist()
+        out[split] = {
+            "expressions": len(table),
+            "added": [uid[i] for i in added],
+            "tokens_computed": [uid[i] for i in tok_rows],
+            "masks_computed": [uid[i] for i in mask_rows],
+        }
+    return out

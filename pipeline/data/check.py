@@ -38,6 +38,7 @@ class SplitCounts:
     videos: int = 0
     frames: int = 0
     annotated_frames: int = 0
+    expressions: int | None = None  # referring expressions (Ref-AVS); None for releases without them
 
 
 ALPHA_ONLY_NOTE = "foreground only in alpha (every colour value is 0): read as foreground where alpha > 0"
@@ -66,7 +67,10 @@ class CheckReport:
         """Plain-JSON form: subset, per-split counts, problems, mask conventions per split, notes."""
         return {
             "subset": self.subset,
-            "splits": {name: asdict(counts) for name, counts in self.splits.items()},
+            "splits": {
+                name: {k: v for k, v in asdict(counts).items() if v is not None}
+                for name, counts in self.splits.items()
+            },
             "problems": [asdict(p) for p in self.problems],
             "masks": {name: dict(conventions) for name, conventions in self.masks.items()},
             "notes": [asdict(p) for p in self.notes],
@@ -74,9 +78,12 @@ class CheckReport:
 
     def to_text(self) -> str:
         """Human-readable table of counts, one line per problem, then 'OK' or the problem count."""
-        lines = [f"subset {self.subset}", f"{'split':<8}{'videos':>8}{'frames':>10}{'annotated':>11}"]
+        refer = any(c.expressions is not None for c in self.splits.values())
+        head = f"{'split':<8}{'videos':>8}{'frames':>10}{'annotated':>11}"
+        lines = [f"subset {self.subset}", head + (f"{'expressions':>13}" if refer else "")]
         for name, c in self.splits.items():
-            lines.append(f"{name:<8}{c.videos:>8}{c.frames:>10}{c.annotated_frames:>11}")
+            row = f"{name:<8}{c.videos:>8}{c.frames:>10}{c.annotated_frames:>11}"
+            lines.append(row + (f"{c.expressions or 0:>13}" if refer else ""))
         for name, conventions in self.masks.items():
             if conventions:
                 lines.append(f"masks {name}: " + ", ".join(f"{k} {n}" for k, n in conventions.items()))
@@ -105,9 +112,9 @@ def make_problem(path: Path, message: str) -> Problem:
     return Problem(str(path), message[len(prefix) :] if message.startswith(prefix) else message)
 
 
-def zero_splits() -> dict[str, SplitCounts]:
-    """Every official split with zero counts."""
-    return {s: SplitCounts() for s in SPLITS}
+def zero_splits(splits: tuple[str, ...] = SPLITS) -> dict[str, SplitCounts]:
+    """Every official split (AVSBench's unless a release names its own) with zero counts."""
+    return {s: SplitCounts() for s in splits}
 
 
 def _check_rows(csv: Path, rows: list[MetaRow]) -> tuple[list[MetaRow], list[Problem]]:

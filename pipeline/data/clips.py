@@ -156,9 +156,10 @@ def read_clips(root: str | Path, subset: Subset, split: str) -> list[Clip]:
     video id or category that is not a plain name (see pipeline.data.names) or a video id seen before (in
     any split) is an error naming the file, every such row and what to do, before any file is read.
     """
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
-    return release_of(subset).read_clips(Path(root), subset, split)
+    release = release_of(subset)
+    if split not in release.splits:
+        raise DataError(f"unknown split {split!r}; expected one of {release.splits}")
+    return release.read_clips(Path(root), subset, split)
 
 
 def read_object_clips(root: Path, subset: Subset, split: str) -> list[Clip]:

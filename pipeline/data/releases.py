@@ -44,6 +44,10 @@ class Release:
     checker: str  # (root, subset, workers, progress) -> CheckReport
     metadata: str  # (root, subset) -> the metadata file's path
     synthesiser: str  # (root, subset, plans, seed, spec): write the planned videos and their metadata
+    splits: tuple[str, ...] = ("train", "val", "test")  # the release's split names, in report order
+    planner: str | None = None  # (subset, videos, seed, spec) -> [VideoPlan]; None: pipeline.data.synth's
+    expressions: str | None = None  # (root, split) -> [expression]: a release of referring expressions
+    expression_masks: str | None = None  # (root, expression) -> bool (frames, H, W) at the protocol's size
 
     def read_clips(self, root: Path, subset: str, split: str) -> list[Any]:
         """All clips of one split, in metadata order."""
@@ -60,6 +64,20 @@ class Release:
     def write_synthetic(self, root: Path, subset: str, plans: list[Any], seed: int, spec: Any) -> None:
         """Write planned synthetic videos in this release's layout."""
         _resolve(self.synthesiser)(root, subset, plans, seed, spec)
+
+    def read_expressions(self, root: Path, split: str) -> list[Any] | None:
+        """The split's referring expressions, or None for a release without them."""
+        return None if self.expressions is None else _resolve(self.expressions)(root, split)
+
+    def read_expression_masks(self, root: Path, expression: Any) -> Any:
+        """One expression's GT masks at the protocol's size."""
+        if self.expression_masks is None:
+            raise ValueError(f"release {self.name!r} has no referring expressions")
+        return _resolve(self.expression_masks)(root, expression)
+
+    def plan_synthetic(self, subset: str, videos: int, seed: int, spec: Any) -> list[Any] | None:
+        """The release's own plan of synthetic videos, or None when the shared planner serves."""
+        return None if self.planner is None else _resolve(self.planner)(subset, videos, seed, spec)
 
 
 def _resolve(ref: str) -> Callable[..., Any]:
@@ -103,6 +121,30 @@ def release_of(subset: str) -> Release:
 def subset_info(subset: str) -> SubsetInfo:
     """The per-subset facts of a subset's release."""
     return release_of(subset).subsets[subset]
+
+
+def splits_of(subset: str) -> tuple[str, ...]:
+    """The split names of a subset's release (AVSBench: train / val / test)."""
+    return release_of(subset).splits
+
+
+def all_splits() -> tuple[str, ...]:
+    """Every split name of every registered release, first appearance first (the settings' choices)."""
+    return tuple(dict.fromkeys(s for r in _RELEASES.values() for s in r.splits))
+
+
+def known_split(split: str) -> str:
+    """`split` when some release has it (a pydantic validator); ValueError listing the known ones if not."""
+    if split not in all_splits():
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(all_splits())}")
+    return split
+
+
+def release_named(name: str) -> Release:
+    """A release by its registered name; an unknown name is a DataError listing the known ones."""
+    if name not in _RELEASES:
+        raise DataError(f"unknown release {name!r}; expected one of {tuple(_RELEASES)}")
+    return _RELEASES[name]
 
 
 def known_subset(subset: str) -> str:

@@ -504,8 +504,12 @@ def write_synthetic(
         raise ValueError(f"seed must be >= 0, got {seed}")
     spec = spec or SynthSpec()
     root = Path(out)
-    plans = plan_videos(subset, videos, seed, spec)  # validates `videos` before anything is touched
+    # validates `videos` before anything is touched; a release with its own splits plans its own videos
+    plans = release.plan_synthetic(subset, videos, seed, spec)
+    if plans is None:
+        plans = plan_videos(subset, videos, seed, spec)
     root.mkdir(parents=True, exist_ok=True)
     release.write_synthetic(root, subset, plans, seed, spec)
     _write_manifest(root, subset, _manifest_entry(plans, seed, spec))
-    return split_counts(videos, spec)
+    counts = {s: sum(p.split == s for p in plans) for s in release.splits}
+    return counts
