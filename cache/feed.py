@@ -217,6 +217,7 @@ class TrainReader(FeatureBatches):
             n = len(order) // self.batch_size if self.drop_last else -(-len(order) // self.batch_size)
             self._batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(n)]
             self._global, self._offsets = self._batches, [0] * n
+            self._bounds = [[(0, len(b))] for b in self._batches]
             self._stream = None
             return
         micro = self.batch_size // w
@@ -226,6 +227,8 @@ class TrainReader(FeatureBatches):
             order = block_order(share, self.block_rows, self.shuffle, self.seed, epoch, self.window, (w, r))
             parts.append([order[i * micro : (i + 1) * micro] for i in range(n)])
         self._global = [np.concatenate([p[i] for p in parts]) for i in range(n)]
+        ends = [np.cumsum([len(p[i]) for p in parts]).tolist() for i in range(n)]
+        self._bounds = [list(zip([0, *e[:-1]], e, strict=True)) for e in ends]
         if self.rank is None:
             self._batches, self._offsets = self._global, [0] * n
         else:
@@ -236,6 +239,10 @@ class TrainReader(FeatureBatches):
     def global_batch(self, step: int) -> tuple[np.ndarray, int]:
         """Step `step`'s global batch (every rank's rows, in rank order) and where this reader's rows start."""
         return self._global[step], self._offsets[step]
+
+    def rank_slices(self, step: int) -> list[tuple[int, int]]:
+        """Where each rank's micro-batch lies in step `step`'s global batch: (start, end) per rank."""
+        return self._bounds[step]
 
     def epoch(self, epoch: int, max_steps: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of batches (the first max_steps), the next one prepared in a thread while this one runs."""

@@ -184,7 +184,11 @@ def make_run(
 
 
 def train_step(
-    run: HeadRun, batch: dict[str, torch.Tensor] | None, share: float = 1.0, reduce: bool = False
+    run: HeadRun,
+    batch: dict[str, torch.Tensor] | None,
+    share: float = 1.0,
+    reduce: bool = False,
+    micro: list[tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on one batch; (the global batch's loss, this batch's loss), detached 0-dim tensors.
 
@@ -193,26 +197,37 @@ def train_step(
     Data parallel (`reduce`): the batch is this rank's slice of the global batch, `share` its part of the
     global rows (None: an empty slice); the loss is a mean over rows, so the global loss is the sum over ranks
     of share x the slice's loss, and so are the gradients: one all-reduce sums them (and the losses).
+    `micro` (one process taking an N-rank run's global batches): the (start, end) of each rank's slice in the
+    batch; the slices run one after another and their weighted gradients add up in rank order, as the
+    all-reduce adds them.
     """
     t = time.perf_counter()
     run.model.train()
     run.opt.zero_grad(set_to_none=True)
-    if batch is not None:
+    n = 0 if batch is None else len(batch["mask"])
+    parts = [(0, n, 1.0)] if micro is None else [(a, b, (b - a) / n) for a, b in micro if b > a]
+    weighted = local = None
+    for a, b, w in parts if batch is not None else []:
+        part = batch if micro is None else {k: v[a:b] for k, v in batch.items()}
         with autocast(run.precision, run.model.device):
-            out = (run.forward or run.model.forward_cached)(batch)
-        loss = segmentation_loss(as_fp32(out), batch["mask"], run.head)["loss"]
-        (loss * share if reduce else loss).backward()
-        loss = loss.detach()
-    else:
-        loss = torch.zeros((), device=run.model.device)
-    total = loss
+            out = (run.forward or run.model.forward_cached)(part)
+        loss = segmentation_loss(as_fp32(out), part["mask"], run.head)["loss"]
+        scale = share if reduce else (w if micro is not None else None)
+        (loss if scale is None else loss * scale).backward()
+        term = loss.detach() if scale is None else loss.detach() * scale
+        weighted = term if weighted is None else weighted + term
+        local = loss.detach()
+    zero = torch.zeros((), device=run.model.device)
+    weighted = zero if weighted is None else weighted
+    local = (zero if local is None else local) if reduce else weighted
+    total = weighted
     if reduce:
         params = [p for g in run.opt.param_groups for p in g["params"]]
-        total = distributed.reduce_gradients(params, loss * share)
+        total = distributed.reduce_gradients(params, weighted)
     run.opt.step()
     run.sched.step()
     run.seconds += time.perf_counter() - t
-    return total, loss
+    return total, local
 
 
 def negative_mixers(runs: list[HeadRun], cfg: TrainConfig, feats: Features, device: torch.device) -> None:
@@ -538,7 +553,8 @@ def _fit(
                 mine = batch
                 if mix is not None and batch is not None:
                     mine = mix.apply(batch, step_rows[step], epoch, step, whole if ranks.active else None, at)
-                total, local = train_step(runs[i], mine, share, ranks.active)
+                micro = train_ds.rank_slices(step) if world > 1 and not ranks.active else None
+                total, local = train_step(runs[i], mine, share, ranks.active, micro)
                 losses[i].append(total)
                 mine_losses[i].append(local)
             bar.update()
