@@ -142,8 +142,13 @@ def _why(folder: Path, log: str, code: int) -> str:
     lines = [p.read_text().strip() for p in sorted(folder.glob("failure-*.txt"))]
     if lines:
         return lines[0]
-    for m in re.finditer(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", log):
-        rank, status = int(m.group(1)), int(m.group(2))
+    found = [
+        (int(m.group(1)), int(m.group(2)))
+        for m in re.finditer(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", log)
+    ]
+    # torchrun stops the others with SIGTERM once one fails; a peer that saw the failure leaves with PEER_EXIT
+    found.sort(key=lambda f: (f[1] in (PEER_EXIT, -signal.SIGTERM), f[0]))
+    for rank, status in found:
         if status == PEER_EXIT:
             continue
         if status < 0:
