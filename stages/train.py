@@ -19,7 +19,9 @@ from cache.batches import FeatureBatches, Source, sources, to_device, video_outp
 from cache.feed import TrainReader, open_reader, steps_per_epoch, video_shares
 from cache.negative_batches import NegativeMixer, negative_bank
 from cache.quant import nonfinite_row_flags
+from pipeline import distributed
 from pipeline.data.layout import mask_kind
+from pipeline.distributed import Ranks
 from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.encoders.registry import resolve_device
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
@@ -31,8 +33,6 @@ from pipeline.model.precision import as_fp32, autocast, resolve_precision
 from pipeline.model.resume import read_last, restore
 from pipeline.negatives import offscreen_rank
 from pipeline.settings import OptimConfig, TrainConfig
-from stages import distributed
-from stages.distributed import Ranks
 
 FEATURES = ("clip", "clap", "sam2", "beit3", "gt")
 
