@@ -54,16 +54,22 @@ def default_budget(device: torch.device | None) -> tuple[int, str]:
 
 
 def block_order(
-    rows: np.ndarray, block_rows: int, shuffle: bool, seed: int, epoch: int, window: int
+    rows: np.ndarray,
+    block_rows: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    window: int,
+    stream: tuple[int, ...] = (),
 ) -> np.ndarray:
     """The rows of one epoch: as given without shuffle; else blocks permuted, rows shuffled per window of blocks.
 
-    Deterministic for (seed, epoch); every row exactly once.
+    Deterministic for (seed, epoch, *stream); every row exactly once.
     """
     rows = np.asarray(rows, dtype=np.int64)
     if not shuffle or len(rows) == 0:
         return rows.copy()
-    rng = np.random.default_rng((seed, epoch))
+    rng = np.random.default_rng((seed, epoch, *stream))
     rows = np.sort(rows)
     blocks, starts = np.unique(rows // block_rows, return_index=True)
     groups = np.split(rows, starts[1:])
@@ -76,12 +82,68 @@ def block_order(
     return np.concatenate(out)
 
 
+def rank_shares(rows: np.ndarray, world_size: int) -> list[np.ndarray]:
+    """The rows each of `world_size` ranks owns for the whole run: the sorted rows cut into contiguous, near-equal
+    parts (sizes differ by at most one), so a rank's share is a run of whole blocks plus at most two partial ones.
+    """
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    n = len(rows)
+    return [rows[r * n // world_size : (r + 1) * n // world_size] for r in range(world_size)]
+
+
+def video_shares(rows: np.ndarray, videos: np.ndarray, world_size: int) -> list[np.ndarray]:
+    """Like `rank_shares`, but cut only between videos (`videos[i]` is row i's video): validation scores whole
+    videos, so each rank scores whole videos and the per-video results are merged exactly."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    n = len(rows)
+    if not n:
+        return [rows] * world_size
+    v = np.asarray(videos)[rows]
+    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    owner = (starts * world_size) // n  # the rank whose part a video's first row falls in
+    ends = np.r_[starts[1:], n]
+    return [
+        np.concatenate(
+            [rows[a:b] for a, b, o in zip(starts, ends, owner, strict=True) if o == r] or [rows[:0]]
+        )
+        for r in range(world_size)
+    ]
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
+    """Steps of one epoch of `TrainReader` (every rank takes the same number; a rank out of rows takes empty
+    micro-batches)."""
+    check_world(batch_size, world_size)
+    micro = batch_size // world_size
+    sizes = [(r + 1) * n_rows // world_size - r * n_rows // world_size for r in range(world_size)]
+    if drop_last:
+        return min(s // micro for s in sizes)
+    return max(-(-s // micro) for s in sizes)
+
+
+def check_world(batch_size: int, world_size: int) -> None:
+    """The global batch must split evenly over the ranks."""
+    if world_size < 1 or batch_size % world_size:
+        raise ValueError(
+            f"batch size {batch_size} (the global batch) does not split over {world_size} ranks: choose a batch "
+            f"size that is a multiple of the number of ranks (--batch-size) or another --nproc"
+        )
+
+
 class TrainReader(FeatureBatches):
     """Batches for training and validation, resident or streaming (see the module); a FeatureBatches.
 
     `epoch(e, max_steps)` yields one epoch's batches (dicts of the arrays' fields plus "row", store dtypes:
     float16 features stay float16); `len()` is batches per epoch; `.mode` is "resident" or "streaming";
     `describe()` is the one line the train stage logs at start.
+
+    Data parallel: with `world_size` N the split's rows (or `rows`) are cut once into N contiguous shares
+    (`rank_shares`); each epoch every rank shuffles its own share (seeded by seed, epoch, N and its rank) and
+    cuts it into micro-batches of batch_size / N rows. Step k's global batch is the ranks' k-th micro-batches
+    concatenated in rank order. With `rank` r the reader serves (and holds, or streams) rank r's share only;
+    with `rank` None it serves the global batches in one process (the single-process equivalent of an N-rank
+    run). `global_batch(k)` gives step k's global rows and where this reader's slice starts. N = 1 is the plain
+    reader (the order seeded by seed and epoch alone).
     """
 
     def __init__(
@@ -102,11 +164,22 @@ class TrainReader(FeatureBatches):
         prefetch_blocks: int = 2,
         storage_options: dict[str, Any] | None = None,
         drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int = 1,
     ):
+        check_world(batch_size, world_size)
+        if rank is not None and not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if mode not in ("auto", "resident", "streaming"):
             raise ValueError(f"feed mode {mode!r}: choose auto, resident or streaming")
         group = FeatureStore(store_url, mode="r", storage_options=storage_options).split(subset, split)
         self.block_rows, self._n_split = group.block_rows, group.n_rows
+        self.rank, self.world_size = rank, world_size
+        wanted = np.arange(group.n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.shares = rank_shares(wanted, world_size) if world_size > 1 else [wanted]
+        self.total_rows = len(wanted)
+        if rank is not None and world_size > 1:
+            rows = self.shares[rank]
         self.window, self.threads, self.prefetch_blocks = (
             max(1, window),
             max(1, threads),
@@ -137,11 +210,39 @@ class TrainReader(FeatureBatches):
 
     # -- order ------------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """This epoch's block-shuffled order (index order without shuffle), cut into batches."""
-        order = block_order(self.rows, self.block_rows, self.shuffle, self.seed, epoch, self.window)
-        n = len(order) // self.batch_size if self.drop_last else -(-len(order) // self.batch_size)
-        self._batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(n)]
+        """This epoch's block-shuffled order (index order without shuffle), cut into batches (see the class)."""
+        w = self.world_size
+        if w == 1:
+            order = block_order(self.rows, self.block_rows, self.shuffle, self.seed, epoch, self.window)
+            n = len(order) // self.batch_size if self.drop_last else -(-len(order) // self.batch_size)
+            self._batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(n)]
+            self._global, self._offsets = self._batches, [0] * n
+            self._bounds = [[(0, len(b))] for b in self._batches]
+            self._stream = None
+            return
+        micro = self.batch_size // w
+        n = steps_per_epoch(self.total_rows, self.batch_size, w, self.drop_last)
+        parts = []
+        for r, share in enumerate(self.shares):
+            order = block_order(share, self.block_rows, self.shuffle, self.seed, epoch, self.window, (w, r))
+            parts.append([order[i * micro : (i + 1) * micro] for i in range(n)])
+        self._global = [np.concatenate([p[i] for p in parts]) for i in range(n)]
+        ends = [np.cumsum([len(p[i]) for p in parts]).tolist() for i in range(n)]
+        self._bounds = [list(zip([0, *e[:-1]], e, strict=True)) for e in ends]
+        if self.rank is None:
+            self._batches, self._offsets = self._global, [0] * n
+        else:
+            self._batches = parts[self.rank]
+            self._offsets = [sum(len(p[i]) for p in parts[: self.rank]) for i in range(n)]
         self._stream = None
+
+    def global_batch(self, step: int) -> tuple[np.ndarray, int]:
+        """Step `step`'s global batch (every rank's rows, in rank order) and where this reader's rows start."""
+        return self._global[step], self._offsets[step]
+
+    def rank_slices(self, step: int) -> list[tuple[int, int]]:
+        """Where each rank's micro-batch lies in step `step`'s global batch: (start, end) per rank."""
+        return self._bounds[step]
 
     def epoch(self, epoch: int, max_steps: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of batches (the first max_steps), the next one prepared in a thread while this one runs."""
@@ -155,9 +256,21 @@ class TrainReader(FeatureBatches):
             if self.mode == "resident"
             else f"blocks of {self.block_rows} rows, shuffle window {self.window} blocks, {self.threads} threads"
         )
+        if self.world_size == 1:
+            who = ""
+        elif self.rank is None:
+            who = f" (global batches of {self.world_size} ranks, all in this process)"
+        else:
+            who = f" rank {self.rank}/{self.world_size}"
+        held = "holds" if self.mode == "resident" else "streams"
+        share = (
+            f"; this rank {held} {len(self.rows)} of {self.total_rows} rows"
+            if self.rank is not None and self.world_size > 1
+            else ""
+        )
         return (
-            f"feed {self.subset}/{self.split}: {self.mode} ({how}); {self.nbytes / 2**30:.2f} GiB for "
-            f"{len(self.rows)} rows, budget {self.budget / 2**30:.2f} GiB ({self.budget_from})"
+            f"feed {self.subset}/{self.split}{who}: {self.mode} ({how}); {self.nbytes / 2**30:.2f} GiB for "
+            f"{len(self.rows)} rows{share}, budget {self.budget / 2**30:.2f} GiB ({self.budget_from})"
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -237,6 +350,8 @@ class TrainReader(FeatureBatches):
     # -- batches ----------------------------------------------------------------------------------------
     def _batch(self, i: int) -> dict[str, torch.Tensor]:
         rows = self._batches[i]
+        if not len(rows):  # a rank out of rows at the end of an epoch: an empty micro-batch
+            return {"row": torch.from_numpy(rows.copy())}
         if self._resident is not None:
             out = {"row": torch.from_numpy(rows.copy())}
             if self._host is not None:  # rows copied once into the batch (fancy-index speed)

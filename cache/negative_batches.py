@@ -109,11 +109,28 @@ class NegativeMixer:
         return NegativePlan(positions, conditions, np.array(sources, dtype=np.int64))
 
     def apply(
-        self, batch: Mapping[str, torch.Tensor], rows: np.ndarray, epoch: int, step: int
+        self,
+        batch: Mapping[str, torch.Tensor],
+        rows: np.ndarray,
+        epoch: int,
+        step: int,
+        whole: np.ndarray | None = None,
+        at: int = 0,
     ) -> dict[str, torch.Tensor]:
         """A copy of the (device, float) batch with the planned rows' CLAP swapped and masks emptied; the batch
-        given is left as it is (other heads of a sweep read it)."""
-        plan = self.plan(rows, epoch, step)
+        given is left as it is (other heads of a sweep read it).
+
+        Data parallel: `whole` is the step's global batch and `at` where this rank's rows start in it; the plan
+        is drawn for the global batch (as one process would) and this rank applies its part.
+        """
+        plan = self.plan(rows if whole is None else whole, epoch, step)
+        if whole is not None:
+            keep = (plan.positions >= at) & (plan.positions < at + len(rows))
+            plan = NegativePlan(
+                plan.positions[keep] - at,
+                tuple(c for c, k in zip(plan.conditions, keep.tolist(), strict=True) if k),
+                plan.sources[keep],
+            )
         out = dict(batch)
         if not len(plan.positions):
             return out

@@ -142,9 +142,18 @@ def _cmd_extract(o: ExtractFlowSettings) -> int:
 
 
 def _cmd_train(o: TrainFlowSettings) -> int:
-    from flows.train import run
+    import os
 
-    rows = run(o)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # a rank under torchrun: the stage, no Prefect
+        from flows.distributed import rank_main
+
+        rows = rank_main(o)
+        if rows is None:  # not rank 0: quiet
+            return 0
+    else:
+        from flows.train import run
+
+        rows = run(o)
     import pandas as pd
 
     print(pd.DataFrame(rows).drop(columns=["checkpoint"]).to_string(index=False))

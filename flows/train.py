@@ -93,9 +93,20 @@ def _fit_name(parameters: dict[str, Any]) -> str:
 
 
 @task(name="fit-heads", task_run_name=_fit_name, cache_policy=NO_CACHE)
-def fit_heads(cfg: TrainConfig, heads: dict[str, HeadConfig]) -> list[dict[str, Any]]:
-    """Train the heads in one pass (the train stage's `sweep`), reporting every epoch to the run."""
-    return sweep(cfg, heads, on_epoch=EpochReport(cfg, list(heads))).to_dict(orient="records")
+def fit_heads(
+    cfg: TrainConfig, heads: dict[str, HeadConfig], launch_settings: TrainFlowSettings | None = None
+) -> list[dict[str, Any]]:
+    """Train the heads in one pass (the train stage's `sweep`), reporting every epoch to the run.
+
+    With launch_settings (nproc > 1 or a rendezvous), torchrun runs the ranks and rank 0's epochs are reported
+    as they come; a failed rank fails the task with its one line.
+    """
+    report = EpochReport(cfg, list(heads))
+    if launch_settings is not None:
+        from flows.distributed import launch
+
+        return launch(launch_settings, on_epoch=report)
+    return sweep(cfg, heads, on_epoch=report).to_dict(orient="records")
 
 
 def comparison_markdown(cfg: TrainConfig, table: pd.DataFrame, sweep_file: Path | None) -> str:
@@ -146,8 +157,14 @@ def train_head(**params: Any) -> list[dict[str, Any]]:
         f"training {len(heads)} head(s) ({', '.join(heads)}) on {cfg.subset} from {cfg.store} for "
         f"{optim.epochs} epochs into {cfg.out}"
     )
+    parallel = s.nproc > 1 or s.rdzv_endpoint is not None
+    if parallel:
+        log.info(f"data parallel: {s.nproc} rank(s) per node x {s.nnodes} node(s) through torchrun")
+    launch_settings = (
+        s.model_copy(update={"store": cfg.store, "out": cfg.out, "progress": False}) if parallel else None
+    )
     with tags(*run_tags):
-        rows = fit_heads(cfg, heads)
+        rows = fit_heads(cfg, heads, launch_settings)
     table = pd.DataFrame(rows)
     log.info("\n" + table.drop(columns=["checkpoint"]).to_string(index=False))
     for r in rows:
@@ -172,6 +189,10 @@ def run(s: TrainFlowSettings) -> list[dict[str, Any]]:
     head_folders(cfg, heads)
 
     def direct() -> list[dict[str, Any]]:
+        if s.nproc > 1 or s.rdzv_endpoint is not None:
+            from flows.distributed import launch
+
+            return launch(s)
         return sweep(cfg.model_copy(update={"progress": sys.stderr.isatty()}), heads).to_dict(
             orient="records"
         )

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -264,6 +264,18 @@ class MetricAccumulator:
                 b.mj, b.f, b.curve_sum, b.on_host = mj[i], f[i], curves[i], True
                 at += n
         return self._batches
+
+    def records(self) -> list[Any]:
+        """What was added, with its values on the host: picklable, to merge into another accumulator (a
+        distributed validation gathers every rank's records to one accumulator; the scores are then exact)."""
+        return list(self._sync())
+
+    def extend(self, records: Sequence[Any]) -> None:
+        """Take records of another accumulator (`records()`), in the order given."""
+        for b in records:
+            if any(x.video == b.video for x in self._batches):
+                raise ValueError(f"batch {b.video!r} was already added")
+            self._batches.append(b)
 
     def _scores(self, batches: Sequence[_Batch]) -> tuple[float, float]:
         """(M_J, M_F) of a group of batches under this accumulator's batching."""

@@ -247,6 +247,16 @@ class TrainConfig(BaseModel):
         0,
         description="seed of the noise rows `av2t extract --negatives` wrote (read by heads with negatives)",
     )
+    world_size: int | None = Field(
+        None,
+        ge=1,
+        description="take the global batches of an N-rank data-parallel run in this one process (its "
+        "single-process equivalent; default: torchrun's world size, else 1)",
+    )
+    step_log: bool = Field(False, description="also write steps.csv: every step's loss (the global batch's)")
+    collective_timeout_s: float = Field(
+        300.0, gt=0, description="data parallel: a rank waiting longer than this on the others fails the run"
+    )
 
     def head_config(self) -> HeadConfig:
         """The effective head."""
@@ -435,6 +445,22 @@ class TrainFlowSettings(OptimOverrides, TrainConfig):
     sweep_file: Path | None = Field(
         None,
         description="JSON file {name: HeadConfig fields}: every head trained in one pass (replaces head)",
+    )
+    nproc: int = Field(
+        1,
+        ge=1,
+        description="data-parallel ranks on this node (torchrun's --nproc-per-node; one GPU each on CUDA, gloo on "
+        "the CPU); the preset's batch size is the global batch",
+    )
+    nnodes: int = Field(1, ge=1, description="nodes of a multi-node run (with --rdzv-endpoint)")
+    node_rank: int = Field(0, ge=0, description="this node's rank in a multi-node run")
+    rdzv_endpoint: str | None = Field(
+        None, description="multi-node: host:port of the rendezvous (node 0's address), as torchrun takes it"
+    )
+    rdzv_id: str = Field("av2t", description="multi-node: the run's id, the same on every node")
+    rdzv_timeout_s: float = Field(60.0, gt=0, description="how long a node waits for the others to join")
+    master_port: int | None = Field(
+        None, ge=1, le=65535, description="one node: the port rank 0 listens on (default: a free one)"
     )
 
     @model_validator(mode="before")

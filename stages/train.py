@@ -16,11 +16,13 @@ import torch
 
 from cache import EncoderGroup, FeatureStore
 from cache.batches import FeatureBatches, Source, sources, to_device, video_outputs
-from cache.feed import TrainReader, open_reader
+from cache.feed import TrainReader, open_reader, steps_per_epoch, video_shares
 from cache.negative_batches import NegativeMixer, negative_bank
 from cache.quant import nonfinite_row_flags
+from pipeline import distributed
 from pipeline.data.layout import mask_kind
 from pipeline.devices import resolve_device
+from pipeline.distributed import Ranks
 from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
 from pipeline.files import OutputLock, clean_temp, inside, safe_name, save_torch, write_atomic, write_text
@@ -124,6 +126,9 @@ def open_batches(
     device: torch.device | None = None,
     rows: np.ndarray | None = None,
     drop_last: bool = False,
+    rank: int | None = None,
+    world_size: int = 1,
+    show: bool = True,
 ) -> TrainReader:
     """A split's reader (`cache.feed.open_reader`): resident when it fits cfg's budget, else streaming.
 
@@ -134,9 +139,9 @@ def open_batches(
     reader = open_reader(
         cfg.store, cfg.subset, split, srcs, batch_size=batch_size, shuffle=shuffle, seed=cfg.seed,
         mode=cfg.feed, memory_budget=budget, device=device, rows=rows, window=cfg.shuffle_window,
-        threads=cfg.reader_threads, drop_last=drop_last,
+        threads=cfg.reader_threads, drop_last=drop_last, rank=rank, world_size=world_size,
     )  # fmt: skip
-    if cfg.progress:
+    if cfg.progress and show:
         print(reader.describe())
     return reader
 
@@ -156,6 +161,7 @@ class HeadRun:
     precision: str = "fp32"  # resolved: "fp32" or "bf16"
     forward: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None  # compiled, if asked
     negatives: NegativeMixer | None = None  # turns a share of each batch's rows into negatives
+    steps: list[dict[str, Any]] = field(default_factory=list)  # per-step losses (cfg.step_log)
 
 
 def make_run(
@@ -177,23 +183,51 @@ def make_run(
     return HeadRun(name, head, model, opt, sched, precision=precision, forward=forward)
 
 
-def train_step(run: HeadRun, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One optimiser step on one batch; returns the loss as a detached 0-dim tensor on the device.
+def train_step(
+    run: HeadRun,
+    batch: dict[str, torch.Tensor] | None,
+    share: float = 1.0,
+    reduce: bool = False,
+    micro: list[tuple[int, int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on one batch; (the global batch's loss, this batch's loss), detached 0-dim tensors.
 
     Nothing here reads a value back to the host: the caller keeps the losses and reads them once per epoch.
     The forward runs under the run's precision (bf16 autocast or fp32); the loss is computed in fp32.
+    Data parallel (`reduce`): the batch is this rank's slice of the global batch, `share` its part of the
+    global rows (None: an empty slice); the loss is a mean over rows, so the global loss is the sum over ranks
+    of share x the slice's loss, and so are the gradients: one all-reduce sums them (and the losses).
+    `micro` (one process taking an N-rank run's global batches): the (start, end) of each rank's slice in the
+    batch; the slices run one after another and their weighted gradients add up in rank order, as the
+    all-reduce adds them.
     """
     t = time.perf_counter()
     run.model.train()
-    with autocast(run.precision, run.model.device):
-        out = (run.forward or run.model.forward_cached)(batch)
-    loss = segmentation_loss(as_fp32(out), batch["mask"], run.head)["loss"]
     run.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    n = 0 if batch is None else len(batch["mask"])
+    parts = [(0, n, 1.0)] if micro is None else [(a, b, (b - a) / n) for a, b in micro if b > a]
+    weighted = local = None
+    for a, b, w in parts if batch is not None else []:
+        part = batch if micro is None else {k: v[a:b] for k, v in batch.items()}
+        with autocast(run.precision, run.model.device):
+            out = (run.forward or run.model.forward_cached)(part)
+        loss = segmentation_loss(as_fp32(out), part["mask"], run.head)["loss"]
+        scale = share if reduce else (w if micro is not None else None)
+        (loss if scale is None else loss * scale).backward()
+        term = loss.detach() if scale is None else loss.detach() * scale
+        weighted = term if weighted is None else weighted + term
+        local = loss.detach()
+    zero = torch.zeros((), device=run.model.device)
+    weighted = zero if weighted is None else weighted
+    local = (zero if local is None else local) if reduce else weighted
+    total = weighted
+    if reduce:
+        params = [p for g in run.opt.param_groups for p in g["params"]]
+        total = distributed.reduce_gradients(params, weighted)
     run.opt.step()
     run.sched.step()
     run.seconds += time.perf_counter() - t
-    return loss.detach()
+    return total, local
 
 
 def negative_mixers(runs: list[HeadRun], cfg: TrainConfig, feats: Features, device: torch.device) -> None:
@@ -245,15 +279,28 @@ def epoch_loss(
 
 @torch.no_grad()
 def validate(
-    runs: list[HeadRun], cfg: TrainConfig, val: FeatureBatches, index, device: torch.device
+    runs: list[HeadRun],
+    cfg: TrainConfig,
+    val: FeatureBatches,
+    index,
+    device: torch.device,
+    ranks: Ranks | None = None,
 ) -> list[dict[str, Any]]:
     """Val loss, M_J and M_F (one video per M_F batch: the evaluate stage's evaluator) of every head.
 
     Everything stays on the device (logits, per-video scores, losses, finiteness flags) until the end,
-    where each head's values are read once; the scores are the official ones bit for bit.
+    where each head's values are read once; the scores are the official ones bit for bit. The val loss is
+    the mean over rows (batch losses weighted by their rows).
+
+    Data parallel: each rank scores its share of whole videos (`val` reads it); every rank's per-video
+    records (frame IoUs, per-video M_J and F curves) are gathered and merged in the split's row order into
+    one accumulator, so M_J / M_F are those of one process scoring every video (the same sums in the same
+    order); the loss sums are summed.
     """
+    ranks = ranks or Ranks()
     evaluators = [OfficialScores() for _ in runs]
     losses: list[list[torch.Tensor]] = [[] for _ in runs]
+    sizes: list[int] = []
     finite: list[list[torch.Tensor]] = [[] for _ in runs]
     bad: list[torch.Tensor] = []
     seen: list[np.ndarray] = []
@@ -262,6 +309,7 @@ def validate(
         logits = {}
         bad.append(batch_nonfinite(batch))
         seen.append(rows)
+        sizes.append(len(rows))
         for i, run in enumerate(runs):
             run.model.eval()
             with autocast(run.precision, device):
@@ -271,21 +319,43 @@ def validate(
             logits[str(i)] = out["logits"]
         return {"logits": logits}
 
-    for v in video_outputs(val, index, forward, device, cfg.max_steps):
-        for i, e in enumerate(evaluators):
-            logits = {REAL: v.fields["logits"][str(i)]}
-            e.process(VideoOutput(v.video, v.category, v.frames, v.fields["mask"], logits))
-    results = []
-    for i, e in enumerate(evaluators):
+    if len(val.rows):
+        for v in video_outputs(val, index, forward, device, cfg.max_steps):
+            for i, e in enumerate(evaluators):
+                logits = {REAL: v.fields["logits"][str(i)]}
+                e.process(VideoOutput(v.video, v.category, v.frames, v.fields["mask"], logits))
+    error = None
+    for i in range(len(runs)):
         if finite[i]:
             ok = torch.stack(finite[i]).cpu().numpy()
             if not ok.all():
                 step = int(np.flatnonzero(~ok)[0])
                 what = f"{runs[i].name}: validation ({cfg.val_split}) output"
-                raise diverged(what, bad[step], seen[step], index, cfg)
-        s = e.evaluate()
-        loss = float(torch.stack(losses[i]).cpu().double().mean()) if losses[i] else float("nan")
-        results.append({"val_loss": loss, "val_M_J": s["M_J"], "val_M_F": s["M_F"]})
+                error = diverged(what, bad[step], seen[step], index, cfg)
+                break
+    distributed.agree(ranks, error)
+    weights = torch.tensor(sizes, dtype=torch.float64)
+    mine = [
+        (
+            evaluators[i].acc.records(),
+            float((torch.stack(losses[i]).cpu().double() * weights).sum()) if losses[i] else 0.0,
+            int(weights.sum()),
+        )
+        for i in range(len(runs))
+    ]
+    parts = distributed.gather(mine) if ranks.active else [mine]
+    videos, starts = np.unique(np.asarray(index.video).astype(str), return_index=True)
+    first_row = dict(zip(videos.tolist(), starts.tolist(), strict=True))
+    results = []
+    for i in range(len(runs)):
+        records = sorted((r for p in parts for r in p[i][0]), key=lambda r: first_row[r.video])
+        merged = OfficialScores()
+        merged.acc.extend(records)
+        s = merged.evaluate()
+        total, n = sum(p[i][1] for p in parts), sum(p[i][2] for p in parts)
+        results.append(
+            {"val_loss": total / n if n else float("nan"), "val_M_J": s["M_J"], "val_M_F": s["M_F"]}
+        )
     return results
 
 
@@ -348,9 +418,11 @@ def try_resume(run: HeadRun, out: Path, optim: OptimConfig) -> int:
 
 
 def write_log(run: HeadRun, out: Path) -> None:
-    """metrics.csv and a loss / M_J curve PNG."""
+    """metrics.csv and a loss / M_J curve PNG (and steps.csv when steps are kept)."""
     df = pd.DataFrame(run.history)
     write_text(out / "metrics.csv", df.to_csv(index=False))
+    if run.steps:
+        write_text(out / "steps.csv", pd.DataFrame(run.steps).to_csv(index=False))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -388,6 +460,8 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
     second run into it is refused (pipeline.files.OutputLock).
     """
     outs = head_folders(cfg, heads)
+    if not distributed.writes_outputs():  # data parallel: rank 0 alone writes (the launcher holds the lock)
+        return _fit(cfg, heads, outs, on_epoch)
     with OutputLock(cfg.out):
         clean_temp(cfg.out)  # temporary files of a run killed mid-save (dead pids only)
         return _fit(cfg, heads, outs, on_epoch)
@@ -400,7 +474,13 @@ def _fit(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     optim = cfg.optimiser()
-    device = resolve_device(cfg.device)
+    ranks, device = distributed.setup(resolve_device(cfg.device), cfg.collective_timeout_s)
+    if ranks.active and cfg.world_size not in (None, ranks.world):
+        raise ValueError(
+            f"--world-size {cfg.world_size} but torchrun started {ranks.world} ranks: leave it out"
+        )
+    world = ranks.world if ranks.active else (cfg.world_size or 1)
+    talk = cfg.progress and ranks.main
     first = next(iter(heads.values()))
     if len({json.dumps(sam2_overrides(h), sort_keys=True) for h in heads.values()}) > 1:
         raise ValueError("heads of one sweep must read the same SAM 2 features (same adapter start block)")
@@ -414,7 +494,7 @@ def _fit(
         raise ValueError(
             f"compile drops short batches: {n_train} training rows < batch size {optim.batch_size}"
         )
-    steps = n_train // optim.batch_size if cfg.compile else -(-n_train // optim.batch_size)
+    steps = steps_per_epoch(n_train, optim.batch_size, world, cfg.compile)
     steps = max(1, steps if cfg.max_steps is None else min(cfg.max_steps, steps))
     precision = resolve_precision(cfg.precision, device)
     for name, head in heads.items():
@@ -434,14 +514,22 @@ def _fit(
     train_ds = open_batches(
         cfg, cfg.train_split, sources(models, train_feats.groups), True, optim.batch_size, device,
         drop_last=cfg.compile,  # a static batch shape for the compiled step
+        rank=ranks.rank if ranks.active else None, world_size=world, show=not ranks.active,
     )  # fmt: skip
     val_feats = feats[cfg.val_split]
     val_rows = val_subset(val_feats.index, cfg.val_rows, cfg.seed)
+    n_val = len(val_feats.index.video) if val_rows is None else len(val_rows)
+    if ranks.active:  # each rank validates its share of whole videos
+        every = np.arange(len(val_feats.index.video)) if val_rows is None else val_rows
+        val_rows = video_shares(every, val_feats.index.video, ranks.world)[ranks.rank]
     val_ds = open_batches(
-        cfg, cfg.val_split, sources(models, val_feats.groups), False, optim.batch_size, device, val_rows
-    )
-
-    n_val = len(val_ds.rows)
+        cfg, cfg.val_split, sources(models, val_feats.groups), False, optim.batch_size, device, val_rows,
+        show=not ranks.active,
+    )  # fmt: skip
+    if ranks.active and cfg.progress:
+        lines = distributed.gather(f"{train_ds.describe()}\n  {val_ds.describe()}")
+        if ranks.main:
+            print("\n".join(lines))
 
     from tqdm import tqdm
 
@@ -452,25 +540,44 @@ def _fit(
         losses: list[list[torch.Tensor]] = [[] for _ in runs]
         bad: dict[int, torch.Tensor] = {}
         step_rows: dict[int, np.ndarray] = {}
-        bar = tqdm(
-            total=steps, desc=f"epoch {epoch + 1}/{optim.epochs}", disable=not cfg.progress, leave=False
-        )
+        mine_losses: list[list[torch.Tensor]] = [[] for _ in runs]  # this rank's slices (data parallel)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{optim.epochs}", disable=not talk, leave=False)
         for step, raw in enumerate(train_ds.epoch(epoch, cfg.max_steps)):
-            batch = to_device(raw, device)
-            bad[step] = batch_nonfinite(batch)
             step_rows[step] = raw["row"].numpy()
+            whole, at = train_ds.global_batch(step)
+            share = len(step_rows[step]) / len(whole)
+            batch = to_device(raw, device) if len(step_rows[step]) else None
+            bad[step] = batch_nonfinite(batch) if batch is not None else torch.zeros(0, dtype=torch.bool)
             for i in todo:
                 mix = runs[i].negatives
-                mine = batch if mix is None else mix.apply(batch, step_rows[step], epoch, step)
-                losses[i].append(train_step(runs[i], mine))
+                mine = batch
+                if mix is not None and batch is not None:
+                    mine = mix.apply(batch, step_rows[step], epoch, step, whole if ranks.active else None, at)
+                micro = train_ds.rank_slices(step) if world > 1 and not ranks.active else None
+                total, local = train_step(runs[i], mine, share, ranks.active, micro)
+                losses[i].append(total)
+                mine_losses[i].append(local)
             bar.update()
         bar.close()
+        error = None
+        try:  # a non-finite loss on this rank's slices: named by this rank (the others stop too)
+            for i in todo:
+                epoch_loss(runs[i], epoch, mine_losses[i], bad, step_rows, train_feats.index, cfg)
+        except TrainingDiverged as e:
+            error = e
+        distributed.agree(ranks, error)
         train_loss = {
             i: epoch_loss(runs[i], epoch, losses[i], bad, step_rows, train_feats.index, cfg) for i in todo
         }
+        if cfg.step_log:
+            for i in todo:
+                values = torch.stack(losses[i]).cpu().tolist() if losses[i] else []
+                runs[i].steps += [
+                    {"epoch": epoch + 1, "step": k + 1, "loss": v} for k, v in enumerate(values)
+                ]
         validated = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == optim.epochs
         if validated:
-            vals = validate([runs[i] for i in todo], cfg, val_ds, val_feats.index, device)
+            vals = validate([runs[i] for i in todo], cfg, val_ds, val_feats.index, device, ranks)
         else:
             vals = [{"val_loss": math.nan, "val_M_J": math.nan, "val_M_F": math.nan} for _ in todo]
         for i, v in zip(todo, vals, strict=True):
@@ -487,6 +594,10 @@ def _fit(
             }
             check_finite_weights(run, f"epoch {epoch + 1}")
             run.history.append(metrics)
+            if not ranks.main:  # the others keep the same state, and say nothing
+                if metrics.get("validated", True) and metrics["val_M_J"] > run.best_mj:
+                    run.best_mj = metrics["val_M_J"]
+                continue
             save_checkpoints(run, cfg, train_feats, outs[run.name], epoch, metrics)
             write_log(run, outs[run.name])
             if on_epoch is not None:
@@ -534,6 +645,13 @@ def train(cfg: TrainConfig, on_epoch: EpochHook | None = None) -> pd.DataFrame:
 def sweep(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | None = None) -> pd.DataFrame:
     """Train several heads in one pass and write comparison.csv / comparison.md under cfg.out."""
     head_folders(cfg, heads)  # a bad name is refused before the lock creates cfg.out
+    if not distributed.env_ranks().main:  # data parallel: rank 0 alone writes
+        return fit(cfg, heads, on_epoch)
+    if not distributed.writes_outputs():  # rank 0 under a launcher that holds the lock
+        table = fit(cfg, heads, on_epoch)
+        write_text(cfg.out / "comparison.csv", table.to_csv(index=False))
+        write_text(cfg.out / "comparison.md", table.to_markdown(index=False) + "\n")
+        return table
     with OutputLock(cfg.out):  # held until the tables are written too
         table = fit(cfg, heads, on_epoch)
         write_text(cfg.out / "comparison.csv", table.to_csv(index=False))
