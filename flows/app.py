@@ -16,7 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import VIDEO_SUFFIXES, AppSettings, SegmentConfig
+from flows.settings import AppSettings
+from pipeline.settings import VIDEO_SUFFIXES, SegmentConfig
 
 OWN, SILENCE, OTHER = "the video's own sound", "silence", "another clip's audio"
 TITLE = "av2t: which part of the video sounds?"

@@ -24,8 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from flows import errors
 from flows.options import HelpFormatter, options, values
-from pipeline.settings import (
-    DEFAULT_STORE,
+from flows.settings import (
     AppSettings,
     CacheExportOptions,
     CacheImportOptions,
@@ -33,15 +32,18 @@ from pipeline.settings import (
     CacheVerifyOptions,
     DataCheckOptions,
     DemoSettings,
-    EvalConfig,
     ExtractFlowSettings,
     OfficialExportOptions,
     OfficialImportOptions,
     ScoreOptions,
-    SegmentConfig,
     ServeSettings,
     SynthOptions,
     TrainFlowSettings,
+)
+from pipeline.settings import (
+    DEFAULT_STORE,
+    EvalConfig,
+    SegmentConfig,
 )
 
 # Nothing here may reach a model hub: weights and tokenizers come from local files only.

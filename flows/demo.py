@@ -17,9 +17,9 @@ from flows.evaluate import evaluate
 from flows.extract import extract_features
 from flows.params import model_params, settings
 from flows.prefect_runtime import run_flow
+from flows.settings import DemoSettings
 from flows.train import train_head
 from pipeline.data.synth import write_synthetic
-from pipeline.settings import DemoSettings
 
 
 @contextmanager

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flows.settings import TrainFlowSettings
 from pipeline import distributed
 from pipeline.files import OutputLock
 from pipeline.model.sweep import load_sweep
-from pipeline.settings import TrainFlowSettings
 from stages.train import sweep
 
 DIR_ENV = "AV2T_DIST_DIR"  # where the ranks leave epochs.jsonl, comparison.json and failure files

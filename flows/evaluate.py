@@ -38,10 +38,10 @@ from prefect.states import Completed, Failed, State
 from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import ChosenFailure, quiet_run_logs
 from flows.run_page import label_run, run_param
+from flows.settings import EvalFlowSettings, NightlySettings
 from pipeline.data.clips import DataError
 from pipeline.evaluation.compare import compare_with_reports, newest_checkpoint, score
 from pipeline.model.head_checkpoint import read_head
-from pipeline.settings import EvalFlowSettings, NightlySettings
 from stages.evaluate import evaluate as run_evaluation
 
 # Reports written before evaluators named their compared scores (`score_rows`) compare these.

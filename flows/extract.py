@@ -28,7 +28,8 @@ from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import quiet_run_logs, run_flow
 from flows.run_page import absolute, label_run, preset_label, run_param
 from flows.runners import make_runner
-from pipeline.settings import ExtractConfig, ExtractFlowSettings
+from flows.settings import ExtractFlowSettings
+from pipeline.settings import ExtractConfig
 from stages.extract import Shard, extract, extract_negatives, extract_shard, prepare, summarize
 
 # -- the run page: names and tags from the parameters (helpers the train-head flow uses too)

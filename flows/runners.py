@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.settings import RunnerSettings
+from flows.settings import RunnerSettings
 
 
 def make_runner(r: RunnerSettings) -> Any:

@@ -20,7 +20,8 @@ from prefect.futures import as_completed
 from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import run_flow
 from flows.runners import make_runner
-from pipeline.settings import SegmentConfig, SegmentFlowSettings
+from flows.settings import SegmentFlowSettings
+from pipeline.settings import SegmentConfig
 
 _built: dict[str, Any] = {}  # per worker process: the head built for a configuration
 _lock = threading.Lock()

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import EvalFlowSettings, ServeSettings
+from flows.settings import EvalFlowSettings, ServeSettings
 
 
 class DeploymentError(ValueError):

@@ -29,10 +29,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.params import flow_kwargs, model_params, settings
 from flows.prefect_runtime import quiet_run_logs, run_flow
 from flows.run_page import absolute, label_run, preset_label, run_param
+from flows.settings import TrainFlowSettings
 from pipeline.files import OutputLock
 from pipeline.model import HeadConfig
 from pipeline.model.sweep import load_sweep
-from pipeline.settings import TrainConfig, TrainFlowSettings
+from pipeline.settings import TrainConfig
 from stages.train import head_folders, sweep
 
 

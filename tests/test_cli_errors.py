@@ -68,7 +68,7 @@ def test_several_bad_options_share_the_line(capsys):
 def test_the_train_flow_keeps_the_constraints():
     from pydantic import ValidationError
 
-    from pipeline.settings import TrainFlowSettings
+    from flows.settings import TrainFlowSettings
 
     for bad in ({"epochs": 0}, {"lr": -1.0}, {"batch_size": 0}, {"min_lr": -1.0}):
         with pytest.raises(ValidationError):

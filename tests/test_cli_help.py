@@ -13,17 +13,19 @@ import pytest
 from flows.cli import build_parser
 from flows.cli import main as cli
 from flows.options import values
+from flows.settings import (
+    CacheExportOptions,
+    EvalFlowSettings,
+    ExtractFlowSettings,
+    TrainFlowSettings,
+)
 from pipeline.model.config import head_config
 from pipeline.settings import (
     DEFAULT_STORE,
-    CacheExportOptions,
     EvalConfig,
-    EvalFlowSettings,
     ExtractConfig,
-    ExtractFlowSettings,
     OptimConfig,
     TrainConfig,
-    TrainFlowSettings,
 )
 
 REPO = Path(__file__).resolve().parents[1]

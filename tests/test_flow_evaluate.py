@@ -142,7 +142,7 @@ def test_prefect_yaml_has_the_served_deployments(tmp_path):
     import yaml
 
     from flows.serve import deployments
-    from pipeline.settings import ServeSettings
+    from flows.settings import ServeSettings
 
     served = {
         d.name: d for d in deployments(ServeSettings(root=tmp_path, checkpoints=tmp_path, reports=tmp_path))
@@ -340,7 +340,7 @@ def test_descriptions_show_their_placeholders(tmp_path):
     import yaml
 
     from flows.serve import deployments
-    from pipeline.settings import ServeSettings
+    from flows.settings import ServeSettings
 
     served = deployments(ServeSettings(root=tmp_path, checkpoints=tmp_path, reports=tmp_path))
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())

@@ -241,7 +241,7 @@ def test_partners_are_deterministic_for_a_seed_and_change_with_it(run):
 
 def test_the_nightly_option_reaches_each_subsets_evaluation(tmp_path):
     from flows.serve import deployments
-    from pipeline.settings import NightlySettings, ServeSettings
+    from flows.settings import NightlySettings, ServeSettings
 
     where = {"root": tmp_path, "checkpoints": tmp_path, "reports": tmp_path}
     served = {d.name: d for d in deployments(ServeSettings(**where, robustness=True))}

@@ -20,8 +20,8 @@ from cache import FeatureStore, FingerprintMismatch, StoreDamaged, StoreError
 from flows.cli import build_parser
 from flows.errors import one_line
 from flows.options import values
+from flows.settings import ExtractFlowSettings
 from flows.store_hints import extract_commands, store_message
-from pipeline.settings import ExtractFlowSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE_MODULES = ("errors", "specs", "shards", "store", "verify", "info")
