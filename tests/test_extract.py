@@ -100,6 +100,7 @@ def test_audio_rows_follow_their_segment(tree, reference_store):
     assert len(rows) == 5 and np.isfinite(clap[rows]).all()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_way_then_resume_equals_uninterrupted(tree, tmp_path, reference_store):
     store = tmp_path / "killed.zarr"
     cfg = _cfg(tree, store, frames="all", block_rows=4)

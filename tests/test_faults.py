@@ -237,6 +237,7 @@ def test_serve_refuses_a_reports_folder_it_cannot_write(tmp_path, capsys):
     assert f"--reports {reports}" in line and "cannot write" in line
 
 
+@pytest.mark.slow
 def test_serve_exits_130_on_ctrl_c(tmp_path):
     import signal
     import time

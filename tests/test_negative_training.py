@@ -184,6 +184,7 @@ def test_silence_or_noise_without_negative_rows_fails_naming_the_command(run, tm
     assert not (tmp_path / "run" / "last.pt").exists()  # failed before any step
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_heads_with_and_without_negatives(run, tmp_path):
     store = run["store"]
     extract(

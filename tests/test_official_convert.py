@@ -57,6 +57,7 @@ def _evaluate(run, checkpoint: Path, out: str, weights_dir: Path | None = None) 
     return evaluate(cfg)
 
 
+@pytest.mark.slow
 def test_export_then_import_gives_the_same_head_and_the_same_masks(run):
     tmp = run["tmp"]
     ours = read_head(run["checkpoint"]).data

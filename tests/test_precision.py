@@ -79,6 +79,7 @@ def _eval(run: dict, out: Path, precision: str) -> dict:
     return evaluate(cfg)
 
 
+@pytest.mark.slow
 def test_bf16_evaluation_scores_within_a_hundredth_of_fp32(s4_run, tmp_path):
     fp32 = _eval(s4_run, tmp_path / "fp32", "fp32")
     bf16 = _eval(s4_run, tmp_path / "bf16", "bf16")
@@ -101,6 +102,7 @@ def _train_cfg(run: dict, out: Path, epochs: int = 1, batch_size: int = 4, **kw)
     )
 
 
+@pytest.mark.slow
 def test_a_bf16_training_run_records_its_precision(s4_run, tmp_path):
     out = tmp_path / "bf16"
     train(_train_cfg(s4_run, out, precision="bf16"))
@@ -110,6 +112,7 @@ def test_a_bf16_training_run_records_its_precision(s4_run, tmp_path):
     assert torch.load(out / "best.pt", weights_only=True)["precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_val_every_validates_every_kth_and_the_last_epoch(s4_run, tmp_path):
     out = tmp_path / "every2"
     train(_train_cfg(s4_run, out, epochs=3, val_every=2))
@@ -121,6 +124,7 @@ def test_val_every_validates_every_kth_and_the_last_epoch(s4_run, tmp_path):
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_val_rows_is_a_fixed_subset_of_whole_videos(s4_run, tmp_path):
     from cache import FeatureStore
 

@@ -101,6 +101,7 @@ def _sam2(store: str, split: str = "train"):
     return FeatureStore(store, mode="r").split(SUBSET, split).encoder("sam2")
 
 
+@pytest.mark.slow
 def test_int8_extraction_halves_the_bytes_within_half_a_step(stores):
     fp, q8 = _sam2(stores["none"]), _sam2(stores["int8"])
     assert fp.fingerprint == q8.fingerprint  # the same features, stored smaller
@@ -176,6 +177,7 @@ def test_quantising_a_float16_store_is_refused_never_mixed(stores, tmp_path):
     assert {s.dtype for s in _sam2(str(store)).specs.values()} == {"float16"}
 
 
+@pytest.mark.slow
 def test_a_head_trains_and_evaluates_cached_on_an_int8_store(stores):
     run = {"store": stores["int8"], "subset": SUBSET}
     best = train_head(run, stores["tmp"] / "head", epochs=2)

@@ -38,6 +38,7 @@ def v1m_tree(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_synthetic_semantic_trees_pass_data_check(tmp_path, capsys):
     root = tmp_path / "avss"
     for subset in ("v1s", "v1m", "v2"):
@@ -195,6 +196,7 @@ def test_v1s_train_store_rows_are_the_annotated_frames(tmp_path):
     assert len(clips) >= 2 and index.has_mask.all() and list(index.frame) == [1] * len(clips)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("obj_subset", "sem_subset"), [("ms3", "v1m"), ("s4", "v1s")])
 def test_same_content_gives_the_same_masks_and_M_J(tmp_path, obj_subset, sem_subset):
     obj, sem = _same_content_pair(tmp_path, obj_subset, sem_subset)

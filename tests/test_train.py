@@ -80,6 +80,7 @@ def test_resume_continues_from_the_last_epoch(store, tmp_path):
         train(_cfg(store, out, epochs=4))
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_head(store, tmp_path):
     out = tmp_path / "other"
     train(_cfg(store, out, epochs=1))
@@ -87,6 +88,7 @@ def test_resume_refuses_another_head(store, tmp_path):
         train(_cfg(store, out, epochs=1, head=head_config("tiny", fusion="clip")))
 
 
+@pytest.mark.slow
 def test_sweep_equals_separate_runs_and_writes_the_table(store, tmp_path):
     heads = {"mul": head_config("tiny", fusion="mul"), "clip": head_config("tiny", fusion="clip")}
     table = sweep(_cfg(store, tmp_path / "sweep"), heads)
@@ -114,6 +116,7 @@ def test_sweep_file_errors_name_the_file(tmp_path):
     assert load_sweep(ok)["x"].fusion == "clap"
 
 
+@pytest.mark.slow
 def test_head_checkpoint_refuses_other_frozen_weights(store, tmp_path):
     cfg = _cfg(store, tmp_path / "fp", epochs=1)
     train(cfg)
@@ -169,6 +172,7 @@ def test_non_finite_features_name_the_rows(store, tmp_path, monkeypatch):
     assert "av2t cache verify" in msg and not list(out.rglob("*.pt"))
 
 
+@pytest.mark.slow
 def test_checkpoints_are_written_atomically(store, tmp_path, monkeypatch):
     out = tmp_path / "atomic"
     train(_cfg(store, out, epochs=2, stop_after=1))
