@@ -6,7 +6,8 @@ shards, in threads), and indexes every batch in memory: on a CUDA device from on
 round trip); on the host, uncompressed arrays stay mapped (page cache, checked once), compressed ones
 decoded in RAM. Streaming reads whole blocks (every array of a block) in a thread pool, keeps the window and
 `prefetch_blocks` blocks ahead, and assembles batches from them. Uncompressed arrays with checksums on a local
-store skip zarr's codec pipeline: shard files are mapped and every chunk checked against its crc32c.
+store skip zarr's codec pipeline: shard files are mapped and every chunk checked against its crc32c, once per
+reader (later epochs reuse the checked views).
 Damaged chunks raise `StoreDamaged` in both modes (resident: at open; streaming: at the batch).
 """
 
