@@ -53,6 +53,9 @@ PRESET = "paper"
 BATCH = 8
 S4_TRAIN_ROWS = 3452  # AVSBench S4 train frames: what a resident split would hold
 H200_FREE_GIB = 110  # H200 memory left after the frozen models and activations (../shared/PERFORMANCE.md)
+GPU_GB = {"H100": 80, "H200": 141}  # memory per GPU (decimal GB, as sold)
+OVERHEAD_GIB = GPU_GB["H200"] * 1e9 / 2**30 - H200_FREE_GIB  # frozen models + activations: the same on either
+RANKS = (1, 2, 4, 8)
 DEFAULT_CODEC = ExtractConfig.model_fields["codec"].default
 DEFAULT_BLOCK_ROWS = ExtractConfig.model_fields["block_rows"].default
 FEATURE_DTYPE = ExtractConfig.model_fields["dtype"].default
@@ -423,6 +426,86 @@ def report_paper(results: list[dict], a: argparse.Namespace) -> None:
     )
 
 
+# ---------------------------------------------------------------- data parallel: N GPUs
+
+
+def allreduce_ms(params: int, n: int, link_gbs: float) -> float:
+    """Ring all-reduce of the fp32 gradients of `params` trainable parameters over n ranks: 2(n-1)/n x bytes."""
+    return 2 * (n - 1) / n * params * 4 / (link_gbs * 1e9) * 1e3
+
+
+def scaling(results: list[dict], a: argparse.Namespace) -> list[dict]:
+    """Per variant, GPU kind and N: bytes each rank holds resident (its share of the S4 train split), whether
+    it fits, and the implied step time of one global batch of 8 (compute / N, the data of its micro-batch:
+    a gather in HBM when resident, else the measured streaming rate per rank, overlapped with compute by the
+    reader's prefetch, then one all-reduce of the trainable gradients, not overlapped)."""
+    kinds = {
+        "H100": (a.h100_tflops, a.h100_hbm_gbs),
+        "H200": (a.h200_tflops, a.hbm_gbs),
+    }
+    rows = []
+    for r in results:
+        row_b = sum(r["row_bytes"].values())
+        stream = rate(r["readers"]["streaming"][1]) * MiB  # bytes/s of one reader on this machine
+        for kind, (tflops, hbm) in kinds.items():
+            free = GPU_GB[kind] * 1e9 / 2**30 - OVERHEAD_GIB
+            base = None
+            for n in RANKS:
+                held = row_b * math.ceil(S4_TRAIN_ROWS / n) / 2**30
+                fits = held <= free
+                comp = r["flops"] / n / (tflops * a.efficiency * 1e12) * 1e3
+                micro = row_b * BATCH / n
+                io = micro / (hbm * 1e9) * 1e3 if fits else micro / stream * 1e3
+                ar = allreduce_ms(r["trainable"], n, a.link_gbs)
+                step = max(comp, io) + ar
+                base = base or step
+                rows.append(
+                    {
+                        "variant": r["name"],
+                        "gpu": kind,
+                        "N": n,
+                        "GiB/rank": round(held, 1),
+                        "fits": "resident" if fits else "streams",
+                        "compute ms": round(comp, 1),
+                        "data ms": round(io, 2 if fits else 0),
+                        "all-reduce MB": round(r["trainable"] * 4 / 1e6, 1),
+                        "all-reduce ms": round(ar, 2),
+                        "step ms": round(step, 1),
+                        "speed-up": round(base / step, 2),
+                    }
+                )
+    return rows
+
+
+def report_scaling(results: list[dict], a: argparse.Namespace, out: common.Figures) -> None:
+    """The N-GPU table and, per variant and kind, the first N at which the rank's share fits resident."""
+    print(
+        f"\nData parallel over N GPUs (S4 train, {S4_TRAIN_ROWS} rows; global batch {BATCH}; free per GPU = "
+        f"memory - {OVERHEAD_GIB:.0f} GiB of frozen models and activations: H100 "
+        f"{GPU_GB['H100'] * 1e9 / 2**30 - OVERHEAD_GIB:.0f} GiB, H200 {H200_FREE_GIB} GiB; compute at "
+        f"{a.efficiency:g} x {a.h100_tflops:g} / {a.h200_tflops:g} TFLOP/s, HBM {a.h100_hbm_gbs:g} / "
+        f"{a.hbm_gbs:g} GB/s; all-reduce: ring, 2(N-1)/N x fp32 trainable bytes at {a.link_gbs:g} GB/s "
+        "(NVLink, effective), after the backward; a share that does not fit streams at this machine's "
+        "measured rate per rank)\n"
+    )
+    rows = out.add("scaling", scaling(results, a))
+    print(common.markdown(rows, "g"))
+    fits = {}
+    for r in rows:
+        if r["fits"] == "resident":
+            fits.setdefault((r["variant"], r["gpu"]), r["N"])
+    lines = []
+    for r in results:
+        for kind in GPU_GB:
+            n = fits.get((r["name"], kind))
+            lines.append(
+                f"{r['label']} on {kind}: "
+                + (f"fits resident from N = {n}" if n else f"does not fit resident at N <= {RANKS[-1]}")
+            )
+    out.add("fits_from", {f"{k[0]}/{k[1]}": v for k, v in fits.items()})
+    print("\n" + "\n".join(lines))
+
+
 # ---------------------------------------------------------------- the tiny CPU epoch
 
 
@@ -505,6 +588,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--h200-tflops", type=float, default=990.0, help="dense bf16 peak")
     ap.add_argument("--efficiency", type=float, default=0.4, help="share of the peak a step reaches")
     ap.add_argument("--hbm-gbs", type=float, default=4800.0, help="HBM bandwidth, GB/s")
+    ap.add_argument("--h100-tflops", type=float, default=989.0, help="H100 SXM dense bf16 peak")
+    ap.add_argument("--h100-hbm-gbs", type=float, default=3350.0, help="H100 HBM bandwidth, GB/s")
+    ap.add_argument("--link-gbs", type=float, default=450.0, help="effective all-reduce bandwidth, GB/s")
     ap.add_argument("--block-rows", type=int, default=DEFAULT_BLOCK_ROWS, help="rows per store block")
     ap.add_argument("--tiny-videos", type=int, default=16)
     ap.add_argument("--late-block", type=int, default=5, help="first adapted block of the tiny head")
@@ -531,6 +617,7 @@ def run(a: argparse.Namespace, names: list[str], out: common.Figures) -> None:
     try:
         results = out.add("variants", [paper_variant(n, a, tmp) for n in names])
         report_paper(results, a)
+        report_scaling(results, a, out)
         if not a.skip_tiny:
             (tmp / "tiny").mkdir()
             tiny_epoch(a, tmp / "tiny")

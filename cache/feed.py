@@ -6,7 +6,8 @@ shards, in threads), and indexes every batch in memory: on a CUDA device from on
 round trip); on the host, uncompressed arrays stay mapped (page cache, checked once), compressed ones
 decoded in RAM. Streaming reads whole blocks (every array of a block) in a thread pool, keeps the window and
 `prefetch_blocks` blocks ahead, and assembles batches from them. Uncompressed arrays with checksums on a local
-store skip zarr's codec pipeline: shard files are mapped and every chunk checked against its crc32c.
+store skip zarr's codec pipeline: shard files are mapped and every chunk checked against its crc32c, once per
+reader (later epochs reuse the checked views).
 Damaged chunks raise `StoreDamaged` in both modes (resident: at open; streaming: at the batch).
 """
 
@@ -190,6 +191,7 @@ class TrainReader(FeatureBatches):
         self._stream: _Stream | None = None
         self._resident: dict[str, torch.Tensor] | None = None
         self._host: dict[str, list[Any]] | None = None
+        self._raw: dict[tuple[str, int], list[np.ndarray]] = {}  # (field, block) -> verified mapped rows
         super().__init__(
             store_url, subset, split, sources, rows=rows, batch_size=batch_size, shuffle=shuffle, seed=seed,
             drop_last=drop_last, storage_options=storage_options,
@@ -274,7 +276,7 @@ class TrainReader(FeatureBatches):
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "_pool": None, "_stream": None}
+        return {**super().__getstate__(), "_pool": None, "_stream": None, "_raw": {}}
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -299,7 +301,11 @@ class TrainReader(FeatureBatches):
         out: dict[str, Any] = {}
         slow = {}
         for f, arr in arrays.items():
-            x = object_rows_raw(arr, b) if outer_rows(arr) == self.block_rows else None
+            x = self._raw.get((f, b))
+            if x is None and outer_rows(arr) == self.block_rows:
+                x = object_rows_raw(arr, b)
+                if x is not None:  # verified once per reader: later epochs reuse the mapped, checked views
+                    self._raw[(f, b)] = x
             if x is None:
                 slow[f] = arr
             else:
@@ -346,6 +352,7 @@ class TrainReader(FeatureBatches):
         else:
             self._resident, self._host = out, None
         self._pos_t = torch.from_numpy(self._pos).to(dev)
+        self._raw = {}  # resident: the rows are held above (host) or copied (device)
 
     # -- batches ----------------------------------------------------------------------------------------
     def _batch(self, i: int) -> dict[str, torch.Tensor]:
