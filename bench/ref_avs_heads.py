@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20, help="training epochs per head")
     p.add_argument("--lr", type=float, default=2e-4, help="learning rate")
     p.add_argument("--seed", type=int, default=0, help="data and head seed")
+    p.add_argument("--max-steps", type=int, help="optimiser steps per epoch (default: every training row)")
     p.add_argument("--store", help="an extracted Ref-AVS store (with --root) instead of a new synthetic one")
     p.add_argument("--root", type=Path, help="the Ref-AVS tree of --store")
     a = parse(p, argv)
@@ -80,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"{tag} J"], row[f"{tag} F"] = rep["J"], rep["F"]
             row["val J"] = float(table.loc[table["head"] == name, "val_J"].iloc[0])
             rows.append(row)
-        print(f"Ref-AVS heads, tiny preset, synthetic ({a.videos} videos, {a.epochs} epochs, seed {a.seed});")
+        steps = f", at most {a.max_steps} steps per epoch" if a.max_steps else ""
+        print(
+            f"Ref-AVS heads, tiny preset, synthetic ({a.videos} videos, {a.epochs} epochs{steps}, seed {a.seed});"
+        )
         print("official batching (4 expressions x 10 frames); S lower is better")
         fig.table("heads", rows)
         by = {r["head"]: r for r in rows}
@@ -109,6 +113,7 @@ def _train_config(cls, store: str, a):
             "threads": a.threads,
             "seed": a.seed,
             "progress": False,
+            "max_steps": a.max_steps,
             "optim": {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr},
         }
     )

@@ -84,6 +84,7 @@ def test_gated_round_trip_is_strict(parts):
         head(parts, "concat").load_trainable_state_dict(sd)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_ref_avs(tmp_path):
     """extract -> train (two heads, one epoch) -> evaluate test_s and test_n with their metrics."""
     from pipeline.data.synth import write_synthetic
