@@ -30,7 +30,15 @@ from flows.run_page import absolute, label_run, preset_label, run_param
 from flows.runners import make_runner
 from flows.settings import ExtractFlowSettings
 from pipeline.settings import ExtractConfig
-from stages.extract import Shard, extract, extract_negatives, extract_shard, prepare, summarize
+from stages.extract import (
+    Shard,
+    extract,
+    extract_expressions,
+    extract_negatives,
+    extract_shard,
+    prepare,
+    summarize,
+)
 
 # -- the run page: names and tags from the parameters (helpers the train-head flow uses too)
 
@@ -184,6 +192,11 @@ def extract_features(**params: Any) -> dict[str, Any]:
     seconds = time.perf_counter() - t
     for split, key in extract_negatives(cfg).items():  # --negatives: once the clap features exist
         log.info(f"negative-audio CLAP rows {cfg.subset}/{split}: {key}")
+    expressions = extract_expressions(cfg)  # Ref-AVS: the expression level, once the frame rows exist
+    for split, e in expressions.items():
+        log.info(
+            f"expressions {cfg.subset}/{split}: {e['expressions']}, tokens computed {len(e['tokens_computed'])}"
+        )
     failures = [f for r in results for f in r["failures"]]
     for f in failures:
         log.warning(f"skipped {f['path']}: {f['error']}")
@@ -202,7 +215,8 @@ def extract_features(**params: Any) -> dict[str, Any]:
             f"this run: {done}"
         ),
     )
-    return {"computed": computed, "failures": failures, "store": summary}
+    out = {"computed": computed, "failures": failures, "store": summary}
+    return out | ({"expressions": expressions} if expressions else {})
 
 
 def run_line(results: list[dict[str, Any]], seconds: float) -> str:

@@ -16,6 +16,7 @@ M_F needs).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from cache.negatives import read_negative_clap
 from pipeline.checkpoints import CheckpointError
 from pipeline.data.clips import DataError, read_clips
 from pipeline.data.layout import data_layout, mask_kind
+from pipeline.data.releases import release_of
 from pipeline.devices import resolve_device
 from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.encoders.registry import get_encoder
@@ -47,6 +49,7 @@ from pipeline.evaluation.end_to_end import (
 from pipeline.evaluation.evaluators import REAL, SILENCE, SWAPPED
 from pipeline.evaluation.report import MaskWriter, Overlays, clips_digest, write_report
 from pipeline.evaluation.robustness import NOISE, OFFSCREEN, Robustness
+from pipeline.files import write_text
 from pipeline.model.build import build_model, frozen_encoders
 from pipeline.model.head_checkpoint import HeadCheckpoint, check_features, load_head, read_head
 from pipeline.model.precision import autocast, resolve_precision
@@ -220,6 +223,8 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
     """
     from tqdm import tqdm
 
+    if release_of(cfg.subset).expressions is not None:  # Ref-AVS: per expression, its own metrics
+        return evaluate_ref_avs(cfg, on_video)
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -297,4 +302,79 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
     if cfg.compare_with is not None:  # comparison.json beside the report; the report itself stays as written
         header, rows, _ = compare_with_reports(report, out, cfg.compare_with, cfg.tolerance)
         return {**report, "comparison": {**header, "rows": rows}}
+    return report
+
+
+def evaluate_ref_avs(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """A head on a Ref-AVS split from the store (cached mode): every expression's frames scored with the Ref-AVS
+    metrics; report.json under cfg.out with J and F (and S on test_n) at the official batching, the batch-free
+    variants beside them, and the conventions stated."""
+    from cache.expression_rows import read_expression_split
+    from cache.expressions import feature_key
+    from pipeline.encoders.text_tokens import load_tokenizer
+    from pipeline.presets import weights_dir
+    from pipeline.ref_avs_rows import METRIC_NOTE, score
+
+    t0 = time.perf_counter()
+    if cfg.mode != "cached":
+        raise ValueError("Ref-AVS evaluation runs in cached mode (end to end with text is not built yet)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ck = read_head(cfg.checkpoint)
+    warnings = check_subset(cfg, ck)
+    check_store_features(cfg, ck)
+    device = resolve_device(cfg.device)
+    frozen = frozen_encoders(ck.head, ck.preset, cfg.weights_dir, device)
+    group = FeatureStore(cfg.store, mode="r").split(cfg.subset, cfg.split)
+    groups = {
+        n: group.encoder_for(n, frozen[n].provenance())
+        if n in frozen
+        else group.encoder(n, ck.features.get(n))
+        for n in FEATURE_ENCODERS
+    }
+    widths = {f"d_{n}": int(groups[n].specs[n].shape[0]) for n in ("clip", "clap")}
+    model = build_model(
+        ck.head, ck.preset, **widths, weights_dir=cfg.weights_dir, device=device, encoders=frozen
+    )
+    load_head(ck, model)
+    srcs = sources([model], {**groups, "gt": groups["clip"]})
+    srcs.pop("mask")  # Ref-AVS masks are per expression
+    text_key = feature_key("text", load_tokenizer(ck.preset, weights_dir(cfg.weights_dir)).provenance())
+    data = read_expression_split(cfg.store, cfg.subset, cfg.split, srcs, text_key)
+    if on_video is not None:
+        on_video(0, len(data.uid))
+    precision = resolve_precision(cfg.precision, device)
+    summary = score(model, data, device, precision).summary()
+    main = summary["official"]
+    report: dict[str, Any] = {
+        "subset": cfg.subset,
+        "split": cfg.split,
+        "mode": cfg.mode,
+        "J": main["J"],
+        "F": main["F"],
+        **({"S": main["S"]} if cfg.split == "test_n" else {}),
+        "scores": summary,
+        "conventions": METRIC_NOTE,
+        "checkpoint": str(cfg.checkpoint),
+        "model": {
+            "preset": ck.preset,
+            "head_digest": ck.digest(),
+            "trained_subset": ck.subset,
+            "epoch": trained_epoch(ck.data),
+            "head": ck.data["head"],
+            "features": ck.features,
+        },
+        "store_features": {n: g.fingerprint for n, g in groups.items()},
+        "warnings": warnings,
+        "store": cfg.store,
+        "device": str(device),
+        "precision": precision,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    if on_video is not None:
+        on_video(len(data.uid), len(data.uid))
     return report

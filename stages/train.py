@@ -21,6 +21,7 @@ from cache.negative_batches import NegativeMixer, negative_bank
 from cache.quant import nonfinite_row_flags
 from pipeline import distributed
 from pipeline.data.layout import mask_kind
+from pipeline.data.releases import release_of
 from pipeline.devices import resolve_device
 from pipeline.distributed import Ranks
 from pipeline.encoders.gt_mask import ground_truth_group
@@ -470,6 +471,8 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
 def _fit(
     cfg: TrainConfig, heads: dict[str, HeadConfig], outs: dict[str, Path], on_epoch: EpochHook | None
 ) -> pd.DataFrame:
+    if release_of(cfg.subset).expressions is not None:  # Ref-AVS: rows are (expression, frame) pairs
+        return _fit_ref_avs(cfg, heads, outs, on_epoch)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -612,6 +615,103 @@ def _fit(
                     )
                 )
     return comparison(runs, outs)
+
+
+def ref_avs_split(cfg: TrainConfig, split: str, model: AV2TSAM, frozen: dict[str, Any], preset: str | Path):
+    """A Ref-AVS split in memory (cache.expression_rows): the frame features `model` reads, the preset
+    tokenizer's tokens, the expressions' masks."""
+    from cache.expression_rows import read_expression_split
+    from cache.expressions import feature_key
+    from pipeline.encoders.text_tokens import load_tokenizer
+    from pipeline.presets import weights_dir
+
+    group = FeatureStore(cfg.store, mode="r").split(cfg.subset, split)
+    groups = {
+        n: group.encoder_for(n, frozen[n].provenance()) if n in frozen else group.encoder(n)
+        for n in FEATURES
+        if n != "gt"
+    }
+    srcs = sources([model], {**groups, "gt": groups["clip"]})
+    srcs.pop("mask")  # Ref-AVS masks are per expression
+    text_key = feature_key("text", load_tokenizer(preset, weights_dir(cfg.weights_dir)).provenance())
+    return read_expression_split(cfg.store, cfg.subset, split, srcs, text_key), groups
+
+
+def _fit_ref_avs(
+    cfg: TrainConfig, heads: dict[str, HeadConfig], outs: dict[str, Path], on_epoch: EpochHook | None
+) -> pd.DataFrame:
+    """The train stage on a release with expressions (Ref-AVS): rows are (expression, frame) pairs, each the
+    frame's features, the expression's tokens and mask (pipeline.ref_avs_rows); every head sees the same batches;
+    validated on cfg.val_split with the Ref-AVS J / F (official batching), best.pt = best J."""
+    from pipeline.ref_avs_rows import head_batch, score
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    optim = cfg.optimiser()
+    device = resolve_device(cfg.device)
+    first = next(iter(heads.values()))
+    frozen = frozen_encoders(first, cfg.preset, cfg.weights_dir, device)
+    group = FeatureStore(cfg.store, mode="r").split(cfg.subset, cfg.train_split)
+    widths = {f"d_{n}": int(group.encoder(n).specs[n].shape[0]) for n in ("clip", "clap")}
+    models = {}
+    for name, head in heads.items():
+        torch.manual_seed(head.seed)
+        models[name] = build_model(
+            head, cfg.preset, **widths, weights_dir=cfg.weights_dir, device=device, encoders=frozen
+        )
+    any_model = next(iter(models.values()))
+    train, groups = ref_avs_split(cfg, cfg.train_split, any_model, frozen, cfg.preset)
+    val, _ = ref_avs_split(cfg, cfg.val_split, any_model, frozen, cfg.preset)
+    feats = Features({**groups, "gt": groups["clip"]})  # what the checkpoint records (fingerprints)
+    pairs = train.pairs()
+    steps = -(-len(pairs) // optim.batch_size)
+    steps = max(1, steps if cfg.max_steps is None else min(cfg.max_steps, steps))
+    precision = resolve_precision(cfg.precision, device)
+    runs = [make_run(n, heads[n], m, optim, steps, precision) for n, m in models.items()]
+    start = min(try_resume(r, outs[r.name], optim) if cfg.resume else 0 for r in runs)
+    last = optim.epochs if cfg.stop_after is None else min(optim.epochs, start + cfg.stop_after)
+    n_val = int((val.frame_rows >= 0).sum())
+    for epoch in range(start, last):
+        todo = [r for r in runs if len(r.history) <= epoch]
+        order = pairs[np.random.default_rng((cfg.seed, epoch)).permutation(len(pairs))]
+        losses: dict[str, list[torch.Tensor]] = {r.name: [] for r in todo}
+        for step in range(steps):
+            sel = order[step * optim.batch_size : (step + 1) * optim.batch_size]
+            batch = head_batch(train, sel, first.mask_size, device)
+            for r in todo:
+                losses[r.name].append(train_step(r, batch))
+        validated = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == optim.epochs
+        for r in todo:
+            loss = float(torch.stack(losses[r.name]).double().mean())
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{r.name}: epoch {epoch + 1}: the train loss is not finite ({loss}); lower the learning rate"
+                )
+            s = score(r.model, val, device, r.precision).official() if validated else None
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": loss,
+                "val_loss": math.nan,
+                "val_M_J": s["J"] if s else math.nan,  # Ref-AVS J / F under the AVSBench column names
+                "val_M_F": s["F"] if s else math.nan,
+                "lr": r.sched.get_last_lr()[0],
+                "seconds": round(r.seconds, 2),
+                "precision": r.precision,
+                "validated": validated,
+                "val_rows": n_val,
+            }
+            check_finite_weights(r, f"epoch {epoch + 1}")
+            r.history.append(metrics)
+            save_checkpoints(r, cfg, feats, outs[r.name], epoch, metrics)
+            write_log(r, outs[r.name])
+            if on_epoch is not None:
+                on_epoch(r.name, metrics)
+            if cfg.progress:
+                print(f"[{r.name}] epoch {epoch + 1}: loss {loss:.4f} val J {metrics['val_M_J']:.4f}")
+    table = comparison(runs, outs)
+    table.insert(1, "text", [r.head.text for r in runs])
+    return table
 
 
 def comparison(runs: list[HeadRun], outs: dict[str, Path]) -> pd.DataFrame:

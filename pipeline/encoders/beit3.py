@@ -192,13 +192,24 @@ class Beit3Encoder(Encoder):
         w = self.beit3.vision_embed.proj.weight
         return {OUTPUT: self.beit3.vision_embed(x.to(device=w.device, dtype=w.dtype))}
 
-    def forward_tokens(self, vision_patches: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> BEiT-3's word embeddings (B, T, D), as `BEiT3.forward` takes them (`text_embed`)."""
+        w = self.beit3.text_embed.weight
+        return self.beit3.text_embed(torch.as_tensor(ids).to(device=w.device, dtype=torch.long))
+
+    def forward_tokens(
+        self,
+        vision_patches: torch.Tensor,
+        text_tokens: torch.Tensor,
+        text_padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, V, D) cached patches + (B, T, D) pseudo-tokens -> (B, D) output token 0 after the final LN.
 
         Same computation as torchscale's `BEiT3.forward(visual_tokens, textual_tokens,
         text_padding_position=zeros)` with `text_tokens` in place of `text_embed(ids)`: vision expert and
         vision positions for the first V tokens, language expert and text rows 2..T+1 for the rest.
-        Differentiable in its inputs; the parameters stay frozen.
+        Differentiable in its inputs; the parameters stay frozen. `text_padding` (B, T) bool marks padded text
+        positions (torchscale's `text_padding_position`): zeroed and ignored as attention keys.
         """
         b, v, d = vision_patches.shape
         if v != self.num_vision_tokens or d != self.cfg.embed_dim:
@@ -212,8 +223,19 @@ class Beit3Encoder(Encoder):
             raise ValueError(f"text_tokens: T={text_tokens.shape[1]} not in 1..{self.max_text_tokens}")
         w = self.beit3.text_embed.weight
         x = torch.cat([vision_patches.to(w.device, w.dtype), text_tokens.to(w.device, w.dtype)], dim=1)
-        # No padding mask: torchscale then builds an all-False one, as BEiT3.forward does for zeros.
-        out = self.beit3.encoder(src_tokens=None, token_embeddings=x, multiway_split_position=v)
+        if text_padding is None:
+            # No padding mask: torchscale then builds an all-False one, as BEiT3.forward does for zeros.
+            out = self.beit3.encoder(src_tokens=None, token_embeddings=x, multiway_split_position=v)
+        else:
+            if tuple(text_padding.shape) != tuple(text_tokens.shape[:2]):
+                raise ValueError(
+                    f"text_padding {tuple(text_padding.shape)}: expected {tuple(text_tokens.shape[:2])}"
+                )
+            vision_pad = torch.zeros(b, v, dtype=torch.bool, device=x.device)
+            mask = torch.cat([vision_pad, text_padding.to(device=x.device, dtype=torch.bool)], dim=1)
+            out = self.beit3.encoder(
+                src_tokens=None, token_embeddings=x, encoder_padding_mask=mask, multiway_split_position=v
+            )
         return out["encoder_out"][:, 0]
 
     def output_shapes(self) -> dict[str, tuple[int, ...]]:

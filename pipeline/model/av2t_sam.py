@@ -47,7 +47,16 @@ from pipeline.model.projector import Projector
 # laion_clap take seconds to import and training from the cache never needs them).
 CLIP, CLAP = "clip", "clap"
 # Top-level modules of the head: exactly what trainable_state_dict holds.
-HEAD_MODULES = ("projector", "audio_prompt_generator", "text_hidden_fcs", "sam_mask_decoder", "no_mask_embed")
+HEAD_MODULES = (
+    "projector",
+    "audio_prompt_generator",
+    "text_hidden_fcs",
+    "sam_mask_decoder",
+    "no_mask_embed",
+    "text_gate",
+)
+# Batch fields of the expression's text tokens (Ref-AVS heads, cfg.text != "none").
+TEXT_IDS, TEXT_LENGTH = "text_ids", "text_length"
 # Our key prefix -> the prefix of the same tensor in the reference's `{name}_best.pth` (AVTSAM.state_dict()).
 REFERENCE_PREFIXES = {
     "projector.": "projector.",
@@ -134,6 +143,10 @@ class AV2TSAM(nn.Module):
                 adapted = {i: c for i, c in widths.items() if i >= cfg.adapter_start_block}
                 self.audio_prompt_generator = self.make_adapters(adapted)
             self.text_hidden_fcs = text_hidden_fcs(width, prompt_dim)
+            if cfg.text == "gated":
+                self.text_gate = nn.Linear(width, cfg.n_tokens)
+                nn.init.zeros_(self.text_gate.weight)
+                nn.init.constant_(self.text_gate.bias, 2.0)  # starts near open (0.88): AV tokens pass
         if text_fcs is not None:
             load_strict(self.text_hidden_fcs, text_fcs, text_fcs_source)
         # Own copies: training must not change the encoders' weights (conv_s0/conv_s1 make after_conv caches).
@@ -255,7 +268,7 @@ class AV2TSAM(nn.Module):
             raise KeyError(f"batch lacks {missing}{hint}; it has {sorted(batch)}")
         x = {n: self._as_input(batch[n]) for n in need}
         fused = self.projector(x[CLIP], x[CLAP])
-        prompt = self._prompt(x[BEIT3_PATCHES], fused)
+        prompt = self._prompt(x[BEIT3_PATCHES], fused, *self._text_of(batch))
         return self._decode(*self._image_features_cached(x, fused), prompt)
 
     def _image_features_cached(
@@ -356,9 +369,50 @@ class AV2TSAM(nn.Module):
         p = self.no_mask_embed.weight
         return torch.as_tensor(t).to(device=p.device, dtype=p.dtype)
 
-    def _prompt(self, patches: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        """BEiT-3 on the vision patches + pseudo-tokens -> output token 0 -> text_hidden_fcs: (B, 1, 256)."""
-        cls = self.beit3.forward_tokens(patches, self.projector.tokens(fused))
+    def _text_of(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The expression's token ids (B, L) and lengths (B,) when the head reads text (else (None, None))."""
+        if self.cfg.text == "none":
+            return None, None
+        if TEXT_IDS not in batch or TEXT_LENGTH not in batch:
+            raise KeyError(
+                f"head text={self.cfg.text!r} needs {TEXT_IDS!r} and {TEXT_LENGTH!r}; batch has {sorted(batch)}"
+            )
+        return batch[TEXT_IDS], batch[TEXT_LENGTH]
+
+    def _text_tokens(
+        self, fused: torch.Tensor, ids: torch.Tensor | None, length: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The text stream per cfg.text: (B, T, D) tokens and their padding mask (B, T) (None: nothing padded)."""
+        mode = self.cfg.text
+        if mode == "none":
+            return self.projector.tokens(fused), None
+        if ids is None or length is None:
+            raise ValueError(f"head text={mode!r} needs the expression's token ids and lengths")
+        p = self.no_mask_embed.weight
+        words = self.beit3.embed_text(ids).to(p.dtype)  # (B, L, D), frozen table
+        length = torch.as_tensor(length).to(device=words.device)
+        pad = torch.arange(words.shape[1], device=words.device)[None, :] >= length[:, None]  # (B, L)
+        if mode == "only":
+            return words, pad
+        av = self.projector.tokens(fused)  # (B, n_tokens, D)
+        if mode == "gated":
+            keep = (~pad).to(words.dtype)[..., None]
+            pooled = (words * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+            av = av * torch.sigmoid(self.text_gate(pooled))[..., None]
+        none = torch.zeros(av.shape[:2], dtype=torch.bool, device=av.device)
+        return torch.cat([words, av], dim=1), torch.cat([pad, none], dim=1)
+
+    def _prompt(
+        self,
+        patches: torch.Tensor,
+        fused: torch.Tensor,
+        ids: torch.Tensor | None = None,
+        length: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """BEiT-3 on the vision patches + the text stream (pseudo-tokens, the expression's tokens or both, per
+        cfg.text) -> output token 0 -> text_hidden_fcs: (B, 1, 256)."""
+        tokens, pad = self._text_tokens(fused, ids, length)
+        cls = self.beit3.forward_tokens(patches, tokens, pad)
         return self.text_hidden_fcs[0](cls[:, None, :])
 
     def _sam_from_block(

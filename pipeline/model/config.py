@@ -48,6 +48,11 @@ class HeadConfig(BaseModel):
     of the thresholded mask with the ground truth. 0 = the reference (that head gets no gradient)."""
     iou_pred_target: Literal["chosen", "all"] = "chosen"
     """Which masks the IoU-prediction loss covers: the chosen one, or all three multimask outputs."""
+    text: Literal["none", "only", "concat", "gated"] = "none"
+    """What enters BEiT-3's text stream (after the vision tokens). none: the n_tokens pseudo-tokens (AV2T, AVSBench).
+    only: the expression's word embeddings alone (EVF-SAM as is; the projector is unused). concat: the expression's
+    tokens, then the pseudo-tokens, padded text positions masked. gated: as concat, the pseudo-tokens multiplied by
+    g = sigmoid(W mean(text embeddings) + b), one gate per pseudo-token, conditioned on the sentence (Ref-AVS)."""
     seed: int = 0
     """Seed of the head's random init (projections, MLP, adapters, text_hidden_fcs when not loaded)."""
     negatives: float = Field(
