@@ -11,6 +11,7 @@ A read cut off part-way is retried and gives the same bytes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,18 @@ def env(s3, prefect_env) -> dict:
 
 
 @pytest.fixture(scope="module")
+def cli_env(s3) -> dict:
+    """The environment of the `av2t cache` commands (no flow: no Prefect server)."""
+    return {
+        **os.environ,
+        **s3.env,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+
+
+@pytest.fixture(scope="module")
 def s3_url(s3, env, local, work) -> str:
     """`av2t extract` of the local store's tree into the bucket, through a local Dask cluster."""
     url = s3.make_bucket("av2t-features") + "/runs/store.zarr"
@@ -131,13 +144,13 @@ def test_dask_extraction_into_the_bucket_is_bit_identical(s3_url, local, s3_env)
     assert_same_arrays(arrays(s3_url), arrays(local["store"]))
 
 
-def test_cache_info_and_verify_read_the_bucket(s3_url, env, work):
-    info = av2t(env, "cache", "info", s3_url, "--json", cwd=work)
+def test_cache_info_and_verify_read_the_bucket(s3_url, cli_env, work):
+    info = av2t(cli_env, "cache", "info", s3_url, "--json", cwd=work)
     assert info.returncode == 0, info.stderr[-2000:]
     groups = json.loads(info.stdout)["groups"]
     assert {(g["subset"], g["split"]) for g in groups} == {("s4", "train"), ("s4", "val"), ("s4", "test")}
     assert all(e["rows_done"] == e["rows_total"] > 0 for g in groups for e in g["encoders"].values())
-    verify = av2t(env, "cache", "verify", s3_url, cwd=work)
+    verify = av2t(cli_env, "cache", "verify", s3_url, cwd=work)
     assert verify.returncode == 0 and "clean" in verify.stdout, verify.stdout + verify.stderr[-2000:]
 
 
@@ -206,79 +219,104 @@ def test_train_and_cached_evaluate_on_s3_equal_the_local_runs(s3_url, local, env
     assert {r["label"] for r in got["score_rows"]} >= {"M_J", "M_F"}
 
 
-def test_missing_bucket_wrong_or_no_credentials_no_server_one_line_each(s3, s3_url, env, work):
-    missing = one_error_line(av2t(env, "cache", "info", "s3://no-such-bucket/store.zarr", cwd=work))
-    assert "s3://no-such-bucket/store.zarr" in missing and "bucket 'no-such-bucket' does not exist" in missing
+@pytest.fixture(scope="module")
+def small_url(s3) -> str:
+    """A small store (no encoder run: tests/store_helpers' rows) in its own bucket, for the faults."""
+    from store_helpers import block_data, open_encoder
 
+    url = s3.make_bucket("av2t-small") + "/store.zarr"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in s3.env.items():
+            mp.setenv(k, v)
+        enc = open_encoder(url)
+        for b in range(enc.split.n_blocks):
+            enc.write_block(b, block_data(enc, b))
+    return url
+
+
+def test_wrong_credentials_one_line_from_the_command(s3, small_url, cli_env, work):
     wrong = "Wr0ngSecretForTheTest/abcdefghijklmnopqrstu"
     denied = one_error_line(
-        av2t({**env, "AWS_SECRET_ACCESS_KEY": wrong}, "cache", "verify", s3_url, cwd=work)
+        av2t({**cli_env, "AWS_SECRET_ACCESS_KEY": wrong}, "cache", "verify", small_url, cwd=work)
     )
-    assert s3_url in denied and "refused the credentials" in denied and "AWS_SECRET_ACCESS_KEY" in denied
-    assert wrong not in denied
-
-    bare = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    bare |= {"AWS_SHARED_CREDENTIALS_FILE": str(work / "none"), "AWS_CONFIG_FILE": str(work / "none")}
-    none = one_error_line(av2t(bare, "cache", "info", s3_url, cwd=work))
-    assert s3_url in none and "no credentials" in none
-
-    gone = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{Proxy(s3.port).port}", "AWS_MAX_ATTEMPTS": "2"}
-    unreachable = one_error_line(av2t(gone, "cache", "info", s3_url, cwd=work))
-    assert s3_url in unreachable and "cannot be reached" in unreachable and "AWS_ENDPOINT_URL" in unreachable
+    assert denied.startswith(f"{ERROR}{small_url}: the object store at {s3.endpoint} refused the credentials")
+    assert "AWS_SECRET_ACCESS_KEY" in denied and wrong not in denied and s3.secret_key not in denied
 
 
-def test_missing_bucket_refused_on_write_too(s3_env):
+def store_error(url: str, mode: str = "r", **options) -> str:
+    """The one line `av2t` prints for opening (and reading) the store: a StoreUnavailable."""
     with pytest.raises(StoreUnavailable) as e:
-        FeatureStore("s3://no-bucket-to-write/store.zarr", mode="a")
+        FeatureStore(url, mode=mode, storage_options={"skip_instance_cache": True, **options}).groups()
     line = one_line(e.value)
-    assert line.startswith(
-        "s3://no-bucket-to-write/store.zarr: the bucket 'no-bucket-to-write' does not exist"
-    )
+    assert line is not None and "\n" not in line
+    return line
 
 
-def test_server_gone_mid_verify_is_one_line_not_damage(s3, s3_url, env, work):
+def test_missing_bucket_no_credentials_no_server_one_line_each(s3, small_url, s3_env, monkeypatch, work):
+    for mode in ("r", "a"):  # read (info, train, evaluate) and write (extract)
+        line = store_error("s3://no-such-bucket/store.zarr", mode)
+        assert line.startswith("s3://no-such-bucket/store.zarr: the bucket 'no-such-bucket' does not exist")
+        assert s3.endpoint in line and "AWS_ENDPOINT_URL" in line
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    gone = f"http://127.0.0.1:{Proxy(s3.port).port}"  # a port nothing listens on
+    line = store_error(small_url, endpoint_url=gone)
+    assert line.startswith(f"{small_url}: the object store at {gone} cannot be reached")
+    assert "AWS_ENDPOINT_URL" in line
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    for k in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(k, str(work / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    line = store_error(small_url)
+    assert line.startswith(f"{small_url}: no credentials for the object store") and "AWS_PROFILE" in line
+
+
+def test_server_gone_mid_verify_is_one_line_not_damage(s3, small_url, cli_env, work):
     proxy = Proxy(s3.port)
     proxy.up()
     try:
-        through = {**env, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2"}
-        proxy.down_after(400_000)  # part of the store's ~1.5 MB: the server goes away in the middle
-        line = one_error_line(av2t(through, "cache", "verify", s3_url, cwd=work))
-        assert s3_url in line and "stopped answering" in line and "damage" in line  # "nothing ... is damaged"
+        through = {**cli_env, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "2"}
+        size = sum(s3.filesystem().du(small_url.removeprefix("s3://"), total=False).values())
+        proxy.down_after(size // 2)  # the server goes away in the middle of the reads
+        line = one_error_line(av2t(through, "cache", "verify", small_url, cwd=work))
+        assert line.startswith(f"{ERROR}{small_url}: the object store at {proxy.endpoint} cannot be reached")
+        assert "nothing stored is damaged" in line
         proxy.up()
-        again = av2t(through, "cache", "verify", s3_url, cwd=work)
+        again = av2t(through, "cache", "verify", small_url, cwd=work)
         assert again.returncode == 0 and "clean" in again.stdout, again.stdout + again.stderr[-2000:]
     finally:
         proxy.down()
 
 
-def test_read_cut_off_is_retried_with_the_same_bytes(s3, s3_url, local):
+def test_read_cut_off_is_retried_with_the_same_bytes(s3, small_url, s3_env, monkeypatch):
     """Storage options instead of the environment: the credentials and the endpoint (a proxy that cuts
     responses off part-way, then goes away) given to the store; no secret in the error."""
+    want = arrays(small_url)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # a retry each (and a short wait once the server is gone)
     proxy = Proxy(s3.port)
     proxy.up()
     so = {"key": s3.access_key, "secret": s3.secret_key, "endpoint_url": proxy.endpoint}
     so |= {"client_kwargs": {"region_name": s3.env["AWS_DEFAULT_REGION"]}, "skip_instance_cache": True}
     try:
-        want = arrays(local["store"])
         proxy.cut(3)
-        assert_same_arrays(arrays(s3_url, so), want)
-        assert proxy.cut_done == 3  # three responses were cut off and read again
-        fs = FeatureStore(s3_url, mode="r", storage_options=so)
-        enc = fs.split("s4", "test").encoders()[0]
-        name = next(iter(enc.specs))
+        assert_same_arrays(arrays(small_url, so), want)
+        assert proxy.cut_done == 3  # three responses were cut off part-way, and read again
+        enc = FeatureStore(small_url, mode="r", storage_options=so).split("s4", "test").encoder("fake")
         proxy.down()
         with pytest.raises(StoreUnavailable) as e:
-            enc.array(name)[:]
+            enc.array("fmap")[:]
         line = one_line(e.value)
-        assert line.startswith(f"{s3_url}: the object store at {proxy.endpoint} cannot be reached")
+        assert line.startswith(f"{small_url}: the object store at {proxy.endpoint} cannot be reached")
         assert s3.secret_key not in line
         proxy.up()
-        np.testing.assert_array_equal(enc.array(name)[:], want[f"s4/test/{enc.key}/{name}"])
+        np.testing.assert_array_equal(enc.array("fmap")[:], want[f"s4/test/{enc.key}/fmap"])
     finally:
         proxy.down()
 
 
-def test_no_secret_in_any_file_object_or_output(s3, s3_url, env, work):
+def test_no_secret_in_any_file_object_or_output(s3, s3_url, small_url, env, work):
     """The secret key is in no file under the runs, no command output, no object in the bucket and nothing
     the Prefect server keeps (its database, its logs)."""
     secret = s3.secret_key.encode()
@@ -288,6 +326,6 @@ def test_no_secret_in_any_file_object_or_output(s3, s3_url, env, work):
     leaks = [str(p) for p in files if secret in p.read_bytes()]
     assert not leaks, leaks
     fs = s3.filesystem()
-    objects = fs.find(s3_url.removeprefix("s3://"))
+    objects = [k for url in (s3_url, small_url) for k in fs.find(url.removeprefix("s3://"))]
     assert objects
     assert not [k for k in objects if secret in fs.cat_file(k)]
