@@ -29,6 +29,16 @@ class StoreError(RuntimeError):
         self.hint, self.facts = hint, facts
 
 
+class StoreUnavailable(StoreError):
+    """The storage under the store failed, not its bytes: an object store that cannot be reached, refuses
+    the credentials, or has no such bucket (cache.remote). Never damage: nothing stored is wrong, and the
+    same command run again once the cause is fixed reads the same bytes."""
+
+
+# What a read that fails re-raises as it is rather than examine as damage: the storage failed, not the bytes.
+STORAGE_ERRORS = (OSError, StoreUnavailable)
+
+
 class FingerprintMismatch(StoreError):
     """Features exist under another encoder fingerprint than the one asked for."""
 

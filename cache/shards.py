@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync as zarr_sync
 
-from cache.errors import Damage, StoreDamaged, StoreError
+from cache.errors import STORAGE_ERRORS, Damage, StoreDamaged, StoreError
 
 
 def outer_rows(arr: zarr.Array) -> int:
@@ -76,7 +76,7 @@ def read_object(arr: zarr.Array, i: int) -> tuple[np.ndarray | None, list[tuple[
     sl = object_rows(arr, i)
     try:
         return arr[sl], []
-    except OSError:
+    except STORAGE_ERRORS:
         raise
     except Exception as e:
         whole = e
@@ -86,7 +86,7 @@ def read_object(arr: zarr.Array, i: int) -> tuple[np.ndarray | None, list[tuple[
             b = min(a + inner, sl.stop)
             try:
                 arr[a:b]
-            except OSError:
+            except STORAGE_ERRORS:
                 raise
             except Exception as e:
                 bad.append((a, b, e))
@@ -276,7 +276,7 @@ def read_rows_many(
 
     try:
         parts = iter(zarr_sync(gather()))
-    except OSError:
+    except STORAGE_ERRORS:
         raise
     except Exception as e:
         if owners is None:

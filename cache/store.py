@@ -20,6 +20,7 @@ import dask.array as da
 import numpy as np
 import zarr
 import zarr.codecs
+from zarr.core.sync import sync as zarr_sync
 
 from cache.errors import (
     CHECKSUM_MISMATCH,
@@ -29,6 +30,7 @@ from cache.errors import (
     MISSING,
     NON_FINITE,
     OTHER_FINGERPRINTS,
+    STORAGE_ERRORS,
     UNDECODABLE,
     Damage,
     FingerprintMismatch,
@@ -39,6 +41,7 @@ from cache.errors import (
     missing_filesystem,
 )
 from cache.index import SplitIndex
+from cache.remote import CheckedStore, bucket_missing, is_remote
 from cache.shards import (
     n_objects,
     object_key,
@@ -128,9 +131,17 @@ class FeatureStore:
         self.url = str(url)
         self.storage_options = storage_options
         kw = {"storage_options": storage_options} if storage_options else {}
+        store: Any = self.url
         try:
-            self.root = zarr.open_group(store=self.url, mode=mode, zarr_format=3, **kw)
+            if is_remote(self.url):  # its failures (network, credentials, bucket) named (cache.remote)
+                store = CheckedStore.from_url(self.url, mode == "r", storage_options)
+                kw = {}
+            self.root = zarr.open_group(store=store, mode=mode, zarr_format=3, **kw)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            if isinstance(store, CheckedStore):
+                raise zarr_sync(bucket_missing(self.url, store.fs_of(), storage_options)) or StoreError(
+                    f"{self.url}: no feature store here"
+                ) from e
             raise StoreError(f"{self.url}: no feature store here") from e
         except ImportError as e:  # an fsspec URL (s3://...) whose filesystem package is missing
             raise missing_filesystem(self.url, e) from e
@@ -530,7 +541,7 @@ class EncoderGroup:
             return np.zeros(0, bool)
         try:
             return self.group["done"][:].astype(bool)
-        except OSError:
+        except STORAGE_ERRORS:
             raise
         except Exception as e:
             damage = self.scan("done")
@@ -768,7 +779,7 @@ class EncoderGroup:
         if isinstance(rows, slice):
             try:
                 x = arr[rows]
-            except OSError:
+            except STORAGE_ERRORS:
                 raise
             except Exception as e:
                 damage = self.scan(name, rows)

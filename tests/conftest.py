@@ -24,3 +24,16 @@ def s4_run(tmp_path_factory) -> dict:
 
     run = synthetic_store(tmp_path_factory.mktemp("s4-run"))
     return {**run, "checkpoint": train_head(run, run["tmp"] / "runs" / "head")}
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 API on loopback (moto's server mode, signatures checked) for the object-store tests
+    (tests/s3_server.py): `.env` points s3fs at it; skipped, saying why, without s3fs or moto[server]."""
+    import s3_server
+
+    why = s3_server.missing()
+    if why:
+        pytest.skip(f"no S3 server for the object-store tests: {why}")
+    with s3_server.s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
