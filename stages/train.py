@@ -680,7 +680,7 @@ def _fit_ref_avs(
             sel = order[step * optim.batch_size : (step + 1) * optim.batch_size]
             batch = head_batch(train, sel, first.mask_size, device)
             for r in todo:
-                losses[r.name].append(train_step(r, batch))
+                losses[r.name].append(train_step(r, batch)[0])
         validated = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == optim.epochs
         for r in todo:
             loss = float(torch.stack(losses[r.name]).double().mean())

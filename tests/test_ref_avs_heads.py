@@ -112,7 +112,9 @@ def test_train_and_evaluate_on_ref_avs(tmp_path):
     )
     heads = {n: head_config("tiny", text=t) for n, t in {"av": "none", "both": "concat"}.items()}
     table = sweep(cfg, heads)
-    assert list(table["head"]) == ["av", "both"] and table["val_J"].between(0, 1).all()
+    assert (
+        list(table["head"]) == ["av", "both"] and table["val_M_J"].between(0, 1).all()
+    )  # Ref-AVS J under the column name
     for split in ("test_s", "test_n"):
         rep = evaluate(
             EvalConfig(
