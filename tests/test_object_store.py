@@ -27,8 +27,9 @@ from cache.batches import Source
 from cache.errors import StoreUnavailable
 from cache.feed import open_reader
 from flows.errors import one_line
+from flows.settings import TrainFlowSettings
 from pipeline.data.synth import SynthSpec, write_synthetic
-from pipeline.settings import EvalConfig, TrainFlowSettings
+from pipeline.settings import EvalConfig
 from stages.evaluate import evaluate
 from stages.extract import ExtractConfig, extract
 from stages.train import train
