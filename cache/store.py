@@ -124,6 +124,17 @@ def _complete_attrs(store: FeatureStore, group: zarr.Group, keys: tuple[str, ...
     return attrs
 
 
+def _open_root(store: Any, mode: str, kw: dict[str, Any]) -> zarr.Group:
+    """The root group; in mode "a", a root that another process created between zarr's look and its create is
+    opened, not an error (writers starting together on a new store)."""
+    try:
+        return zarr.open_group(store=store, mode=mode, zarr_format=3, **kw)
+    except zarr.errors.ContainsGroupError:
+        if mode != "a":
+            raise
+        return zarr.open_group(store=store, mode=mode, zarr_format=3, **kw)
+
+
 class FeatureStore:
     """A Zarr v3 store on any fsspec filesystem (local path, file://, memory://, s3://, ...)."""
 
@@ -136,7 +147,7 @@ class FeatureStore:
             if is_remote(self.url):  # its failures (network, credentials, bucket) named (cache.remote)
                 store = CheckedStore.from_url(self.url, mode == "r", storage_options)
                 kw = {}
-            self.root = zarr.open_group(store=store, mode=mode, zarr_format=3, **kw)
+            self.root = _open_root(store, mode, kw)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             if isinstance(store, CheckedStore):
                 raise zarr_sync(bucket_missing(self.url, store.fs_of(), storage_options)) or StoreError(

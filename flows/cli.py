@@ -147,7 +147,7 @@ def _cmd_train(o: TrainFlowSettings) -> int:
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # a rank under torchrun: the stage, no Prefect
-        from flows.distributed import rank_main
+        from flows.data_parallel import rank_main
 
         rows = rank_main(o)
         if rows is None:  # not rank 0: quiet

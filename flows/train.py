@@ -104,7 +104,7 @@ def fit_heads(
     """
     report = EpochReport(cfg, list(heads))
     if launch_settings is not None:
-        from flows.distributed import launch
+        from flows.data_parallel import launch
 
         return launch(launch_settings, on_epoch=report)
     return sweep(cfg, heads, on_epoch=report).to_dict(orient="records")
@@ -191,7 +191,7 @@ def run(s: TrainFlowSettings) -> list[dict[str, Any]]:
 
     def direct() -> list[dict[str, Any]]:
         if s.nproc > 1 or s.rdzv_endpoint is not None:
-            from flows.distributed import launch
+            from flows.data_parallel import launch
 
             return launch(s)
         return sweep(cfg.model_copy(update={"progress": sys.stderr.isatty()}), heads).to_dict(

@@ -34,7 +34,7 @@ from pipeline.checkpoints import CheckpointError
 from pipeline.data.clips import DataError, read_clips
 from pipeline.data.layout import data_layout, mask_kind
 from pipeline.data.releases import release_of
-from pipeline.devices import resolve_device
+from pipeline.devices import resolve_device, torch_threads
 from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.encoders.registry import get_encoder
 from pipeline.evaluation import VideoOutput, build_evaluators, summarize, variants_of
@@ -221,13 +221,16 @@ def evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None = None
 
     on_video(done, total), if given, is called once the model is built (done 0) and after each video scored.
     """
+    with torch_threads(cfg.threads):  # the caller's thread count given back after
+        if release_of(cfg.subset).expressions is not None:  # Ref-AVS: per expression, its own metrics
+            return evaluate_ref_avs(cfg, on_video)
+        return _evaluate(cfg, on_video)
+
+
+def _evaluate(cfg: EvalConfig, on_video: Callable[[int, int], None] | None) -> dict[str, Any]:
     from tqdm import tqdm
 
-    if release_of(cfg.subset).expressions is not None:  # Ref-AVS: per expression, its own metrics
-        return evaluate_ref_avs(cfg, on_video)
     t0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     ck = read_head(cfg.checkpoint)
     warnings = check_subset(cfg, ck)
     device = resolve_device(cfg.device)
@@ -318,8 +321,6 @@ def evaluate_ref_avs(cfg: EvalConfig, on_video: Callable[[int, int], None] | Non
     t0 = time.perf_counter()
     if cfg.mode != "cached":
         raise ValueError("Ref-AVS evaluation runs in cached mode (end to end with text is not built yet)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     ck = read_head(cfg.checkpoint)
     warnings = check_subset(cfg, ck)
     check_store_features(cfg, ck)

@@ -24,7 +24,7 @@ from pipeline.data.clips import Clip, DataError, read_clips
 from pipeline.data.images import load_frame, protocol_mask
 from pipeline.data.layout import mask_kind
 from pipeline.data.releases import release_of
-from pipeline.devices import resolve_device
+from pipeline.devices import resolve_device, torch_threads
 from pipeline.encoders.base import Encoder
 from pipeline.encoders.registry import get_encoder
 from pipeline.evaluation.negative_audio import noise_segments, segment_samples, silence_segments
@@ -464,21 +464,6 @@ def _drain(writes: deque[Future]) -> None:
     """Wait for every pending write; the first error raised."""
     while writes:
         writes.popleft().result()
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's CPU threads set to n (0: left as is) for the block, the caller's setting given back after.
-
-    CPU kernels reduce in a thread-count-dependent order: a fixed count reproduces features bit for bit.
-    """
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def extract_shard(

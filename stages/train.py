@@ -19,11 +19,10 @@ from cache.batches import FeatureBatches, Source, sources, to_device, video_outp
 from cache.feed import TrainReader, open_reader, steps_per_epoch, video_shares
 from cache.negative_batches import NegativeMixer, negative_bank
 from cache.quant import nonfinite_row_flags
-from pipeline import distributed
+from pipeline import ranks as distributed
 from pipeline.data.layout import mask_kind
 from pipeline.data.releases import release_of
-from pipeline.devices import resolve_device
-from pipeline.distributed import Ranks
+from pipeline.devices import resolve_device, torch_threads
 from pipeline.encoders.gt_mask import ground_truth_group
 from pipeline.evaluation.evaluators import REAL, OfficialScores, VideoOutput
 from pipeline.files import OutputLock, clean_temp, inside, safe_name, save_torch, write_atomic, write_text
@@ -33,6 +32,7 @@ from pipeline.model.head_checkpoint import head_payload, save_head
 from pipeline.model.precision import as_fp32, autocast, resolve_precision
 from pipeline.model.resume import read_last, restore
 from pipeline.negatives import offscreen_rank
+from pipeline.ranks import Ranks
 from pipeline.settings import OptimConfig, TrainConfig
 
 FEATURES = ("clip", "clap", "sam2", "beit3", "gt")
@@ -462,8 +462,9 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
     """
     outs = head_folders(cfg, heads)
     if not distributed.writes_outputs():  # data parallel: rank 0 alone writes (the launcher holds the lock)
-        return _fit(cfg, heads, outs, on_epoch)
-    with OutputLock(cfg.out):
+        with torch_threads(cfg.threads):
+            return _fit(cfg, heads, outs, on_epoch)
+    with OutputLock(cfg.out), torch_threads(cfg.threads):  # the caller's thread count given back after
         clean_temp(cfg.out)  # temporary files of a run killed mid-save (dead pids only)
         return _fit(cfg, heads, outs, on_epoch)
 
@@ -473,8 +474,6 @@ def _fit(
 ) -> pd.DataFrame:
     if release_of(cfg.subset).expressions is not None:  # Ref-AVS: rows are (expression, frame) pairs
         return _fit_ref_avs(cfg, heads, outs, on_epoch)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     optim = cfg.optimiser()
     ranks, device = distributed.setup(resolve_device(cfg.device), cfg.collective_timeout_s)
@@ -645,8 +644,6 @@ def _fit_ref_avs(
     validated on cfg.val_split with the Ref-AVS J / F (official batching), best.pt = best J."""
     from pipeline.ref_avs_rows import head_batch, score
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     optim = cfg.optimiser()
     device = resolve_device(cfg.device)

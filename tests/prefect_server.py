@@ -158,5 +158,30 @@ def deployment_run(env: dict, name: str, params: dict, timeout: float = 600) -> 
     while True:
         out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout + 60)
         if "not found" not in (out.stdout + out.stderr).lower() or time.time() > deadline:
-            return out
+            break
         time.sleep(2)  # `flows.serve` has not registered the deployment yet
+    if out.returncode != 0:  # a failed run's why, for the assertion message (its page's logs, serve's output)
+        out.stderr += (
+            "\n--- run logs ---\n" + server_logs(env) + "\n--- serve.log ---\n" + serve_log_tail(env)
+        )
+    return out
+
+
+def server_logs(env: dict, limit: int = 60) -> str:
+    """The server's newest log lines, of every run, oldest first: what a failed run's page shows."""
+    body = json.dumps({"limit": limit, "sort": "TIMESTAMP_DESC"}).encode()
+    req = urllib.request.Request(
+        env["PREFECT_API_URL"] + "/logs/filter", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            logs = json.loads(r.read())
+    except OSError as e:
+        return f"(no logs: {e})"
+    return "\n".join(f"{x['timestamp']} {x['level']} {x['name']}: {x['message']}" for x in reversed(logs))
+
+
+def serve_log_tail(env: dict, chars: int = 4000) -> str:
+    """The end of `av2t serve`'s output (the flow runs' own stderr lands there)."""
+    log = Path(env["PREFECT_HOME"]) / "logs" / "serve.log"
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no serve.log)"

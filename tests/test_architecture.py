@@ -247,3 +247,18 @@ def test_stages_never_import_prefect_or_flows(path):
     assert not upward, (
         f"{_module(path)} imports {upward}: stages are plain functions that know nothing of Prefect"
     )
+
+
+def test_no_module_shadows_an_installed_or_standard_one():
+    """Prefect loads an entrypoint (flows/extract.py:...) with its folder first on sys.path, and `python
+    bench/x.py` does the same: a flows/distributed.py once hid dask's `distributed` from the Dask runner."""
+    import importlib.metadata
+
+    taken = set(importlib.metadata.packages_distributions()) | set(sys.stdlib_module_names)
+    ours = {
+        f"{p.parent.relative_to(ROOT)}/{p.stem}"
+        for folder in ("flows", "stages", "cache", "pipeline", "bench", "scripts", "tests")
+        for p in (ROOT / folder).rglob("*.py")
+        if p.stem != "__init__" and ".venv" not in p.parts
+    }
+    assert sorted(m for m in ours if m.rpartition("/")[2] in taken) == []

@@ -17,7 +17,7 @@ import torch
 from synthetic_run import synthetic_store
 
 from cache.feed import open_reader, rank_shares, video_shares
-from flows.distributed import DistributedRunFailed, launch
+from flows.data_parallel import DistributedRunFailed, launch
 from flows.settings import TrainFlowSettings
 from pipeline.model import head_config
 from pipeline.settings import ExtractConfig, OptimConfig, TrainConfig

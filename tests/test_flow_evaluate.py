@@ -346,7 +346,7 @@ def test_descriptions_show_their_placeholders(tmp_path):
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
     texts = [d.description for d in served] + [d["description"] for d in spec["deployments"]]
     for text in texts:
-        assert "<subset>" in text or "=s4" in text  # each names a placeholder or an example
+        assert re.search(r"<\w+>|--param \w+=", text), text  # each names a placeholder or an example
         outside = re.sub(r"`[^`]*`", "", text)
         assert "<" not in outside and ">" not in outside, text
     assert all(Path(d.entrypoint.split(":")[0]).is_absolute() for d in served)

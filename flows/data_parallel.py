@@ -1,7 +1,7 @@
 """Data-parallel `av2t train`: each rank's entry point under torchrun, and the launcher of `--nproc N`.
 
 - Under torchrun (`torchrun --nproc-per-node N -m flows.cli train ...`, or the launcher's
-  `python -m torch.distributed.run ... -m flows.distributed SETTINGS.json`) every rank runs the train stage
+  `python -m torch.distributed.run ... -m flows.data_parallel SETTINGS.json`) every rank runs the train stage
   directly (no Prefect): the stage joins the process group, rank 0 writes and logs. A rank that fails prints
   one line `rank k: cause` and leaves with status 1; a rank that only saw a peer fail leaves quietly (status 3)
   after a grace period in which torchrun tears the run down, so the failed rank's line is the run's message.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.settings import TrainFlowSettings
-from pipeline import distributed
+from pipeline import ranks as distributed
 from pipeline.files import OutputLock
 from pipeline.model.sweep import load_sweep
 from stages.train import sweep
@@ -174,7 +174,7 @@ def launch(
         settings.write_text(s.model_copy(update={"nproc": 1}).model_dump_json())
         env = {**os.environ, DIR_ENV: str(folder), "PYTHONUNBUFFERED": "1", distributed.LOCK_ENV: "1"}
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, s.nproc))))
-        cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(s), "-m", "flows.distributed"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(s), "-m", "flows.data_parallel"]
         with open(folder / "torchrun.log", "w") as log:
             proc = subprocess.Popen([*cmd, str(settings)], env=env, stderr=log)
             seen = 0
@@ -207,7 +207,7 @@ def _stream(path: Path, seen: int, on_epoch: Callable[[str, dict[str, Any]], Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m flows.distributed SETTINGS.json`: one rank (torchrun starts it)."""
+    """`python -m flows.data_parallel SETTINGS.json`: one rank (torchrun starts it)."""
     args = sys.argv[1:] if argv is None else argv
     s = TrainFlowSettings.model_validate_json(Path(args[0]).read_text())
     rank_main(s)
