@@ -6,6 +6,19 @@ import pytest
 from prefect_server import prefect_server
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """Every test starts with torch's own CPU thread count: a stage that leaked its `threads` setting once
+    made every later in-process test single-threaded (twice as slow on two cores, and features computed
+    in another reduction order than a subprocess's)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def prefect_env(tmp_path_factory):
     """The environment (PREFECT_API_URL set) of a running server that `flows.serve` serves."""

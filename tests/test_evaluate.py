@@ -266,3 +266,17 @@ def test_evaluate_compares_with_an_earlier_report_without_prefect(run, cached, c
     # A folder of reports: the latest earlier one of the same subset, split and mode is the reference.
     found = evaluate(_cfg(run, "third", overlays=0, compare_with=run["tmp"]))["comparison"]
     assert found["previous"] is not None and found["previous"].endswith("report.json")
+
+
+def test_threads_apply_to_the_run_only(run):
+    """`threads` sets torch's CPU threads for the evaluation; the caller's count is given back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    seen = []
+    evaluate(
+        _cfg(run, "threads", threads=want), on_video=lambda done, total: seen.append(torch.get_num_threads())
+    )
+    assert seen and set(seen) == {want}
+    assert torch.get_num_threads() == before
