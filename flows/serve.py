@@ -15,8 +15,12 @@ its deployment carries every parameter, so a run with no parameters (what the sc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,4 +241,46 @@ def main(settings: ServeSettings) -> None:
     show = getattr(prefect.flows, "_display_serve_start_message", None)  # the table of served deployments
     if show is not None:
         show(*served)
-    asyncio.run(runner.start())
+    with stop_deadline(signal.SIGINT), stop_deadline(signal.SIGTERM):
+        asyncio.run(runner.start())
+
+
+STOP_S = 15.0  # how long ctrl-C / SIGTERM waits for the runner to pause its deployments and stop
+_STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
+@contextlib.contextmanager
+def stop_deadline(sig: signal.Signals) -> Iterator[None]:
+    """The signal does what it did (KeyboardInterrupt / the CLI's Terminated: the runner pauses its deployments
+    and stops), and the process ends with 128 + sig after STOP_S if that shutdown hangs: a Prefect runner's
+    shutdown can wait on a thread that never returns, and `av2t serve` must still end on ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(sig)
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signum, before)  # a second one does what the first did before, at once
+        timer = threading.Timer(STOP_S, _stop_now, (signum,))
+        timer.daemon = True
+        timer.start()
+        if callable(before):
+            before(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            os.kill(os.getpid(), signum)
+
+    signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        signal.signal(sig, before)
+
+
+def _stop_now(signum: int) -> None:
+    word = _STOP_WORDS.get(signal.Signals(signum), signal.Signals(signum).name)
+    print(
+        f"av2t: {word} (the Prefect runner did not stop within {STOP_S:.0f} s)", file=sys.stderr, flush=True
+    )
+    os._exit(128 + signum)

@@ -269,6 +269,39 @@ def test_serve_exits_130_on_ctrl_c(tmp_path):
     assert "av2t: interrupted" in log.read_text()
 
 
+HUNG_SHUTDOWN = """
+import sys, time
+import flows.serve as serve
+serve.STOP_S = 1.0
+with serve.stop_deadline(serve.signal.SIGINT):
+    print("ready", flush=True)
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        time.sleep(60)  # a shutdown that never ends (a runner waiting on a stuck thread)
+"""
+
+
+def test_serve_ends_on_ctrl_c_even_when_the_runner_hangs():
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_SHUTDOWN],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and time.monotonic() - t < 20, err
+    assert "av2t: interrupted (the Prefect runner did not stop within 1 s)" in err
+
+
 # -- 6. --overrides: validated against the encoders and their configs before any file is written
 
 
