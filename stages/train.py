@@ -461,12 +461,13 @@ def fit(cfg: TrainConfig, heads: dict[str, HeadConfig], on_epoch: EpochHook | No
     second run into it is refused (pipeline.files.OutputLock).
     """
     outs = head_folders(cfg, heads)
-    if not distributed.writes_outputs():  # data parallel: rank 0 alone writes (the launcher holds the lock)
-        with torch_threads(cfg.threads):
+    with torch_threads(cfg.threads):  # the caller's thread count given back after
+        # Data parallel: rank 0 alone writes (the launcher holds the lock).
+        if not distributed.writes_outputs():
             return _fit(cfg, heads, outs, on_epoch)
-    with OutputLock(cfg.out), torch_threads(cfg.threads):  # the caller's thread count given back after
-        clean_temp(cfg.out)  # temporary files of a run killed mid-save (dead pids only)
-        return _fit(cfg, heads, outs, on_epoch)
+        with OutputLock(cfg.out):
+            clean_temp(cfg.out)  # temporary files of a run killed mid-save (dead pids only)
+            return _fit(cfg, heads, outs, on_epoch)
 
 
 def _fit(
