@@ -61,6 +61,28 @@ def wait_up(url: str, proc: subprocess.Popen, log: Path, seconds: float = 240) -
     raise AssertionError(f"av2t app did not answer at {url}:\n{log.read_text()[-3000:]}")
 
 
+def upload(page, box: str, path: Path, seen: list[str], log: Path) -> None:
+    """Put a file in a Gradio File box and wait until the page lists its name.
+
+    A second try covers an input set before the page's handlers were ready; a failure says what the page, its
+    console and the app printed, since CI runs leave nothing else to read.
+    """
+    for timeout in (60_000, 120_000):
+        try:
+            if not page.get_by_text(path.name).first.is_visible():  # a late first try needs no second
+                page.locator(f"{box} input[type=file]").set_input_files(str(path), timeout=timeout)
+            page.get_by_text(path.name).first.wait_for(timeout=timeout)
+            return
+        except Exception as e:  # playwright's TimeoutError; the second try or the message below
+            err = e
+    body = page.locator("body").inner_text()[-2000:]
+    raise AssertionError(
+        f"{path.name} never showed in {box}: {err}\npage:\n{body}\nbrowser:\n"
+        + "\n".join(seen[-40:])
+        + f"\napp log:\n{log.read_text()[-3000:]}"
+    )
+
+
 PLAY = """async () => {
   const v = document.querySelector('#overlay video');
   v.muted = true;  // autoplay rules: a muted video may play without a click
@@ -114,11 +136,18 @@ def test_the_page_in_a_headless_browser(s4_run, tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-dev-shm-usage"])
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            seen: list[str] = []
+            page.on("console", lambda m: seen.append(f"console {m.type}: {m.text}"))
+            page.on("requestfailed", lambda r: seen.append(f"failed {r.method} {r.url}: {r.failure}"))
+            page.on(
+                "response",
+                lambda r: r.status >= 400 and seen.append(f"{r.status} {r.request.method} {r.url}"),
+            )
             page.goto(url)
             page.get_by_text("which part of the video sounds").wait_for(timeout=60_000)
+            page.wait_for_load_state("networkidle")
             # a synthetic mp4 in: the overlay plays
-            page.locator("#video-in input[type=file]").set_input_files(str(clip))
-            page.get_by_text("clip.mp4").first.wait_for(timeout=30_000)
+            upload(page, "#video-in", clip, seen, log)
             page.locator("#segment").click()
             page.locator("#overlay video").wait_for(timeout=180_000)
             page.get_by_text("mean sounding area").wait_for(timeout=30_000)
@@ -133,15 +162,14 @@ def test_the_page_in_a_headless_browser(s4_run, tmp_path):
                 shutil.copy(tmp_path / "app.png", Path(shots) / "app.png")
             # swap the audio: the same frames with another clip's sound
             page.get_by_label("another clip's audio").check()
-            page.locator("#other-in input[type=file]").set_input_files(str(other))
-            page.get_by_text("other.webm").first.wait_for(timeout=30_000)
+            upload(page, "#other-in", other, seen, log)
             page.locator("#segment").click()
             page.get_by_text("swapped: the audio of").wait_for(timeout=180_000)
             # a bad file: the page's one-line error, no traceback
             page.reload()
             page.get_by_text("which part of the video sounds").wait_for(timeout=60_000)
-            page.locator("#video-in input[type=file]").set_input_files(str(bad))
-            page.get_by_text("bad.mp4").first.wait_for(timeout=30_000)
+            page.wait_for_load_state("networkidle")
+            upload(page, "#video-in", bad, seen, log)
             page.locator("#segment").click()
             page.get_by_text("not a video FFmpeg can read").first.wait_for(timeout=60_000)
             body = page.locator("body").inner_text()
