@@ -117,6 +117,7 @@ def test_the_page_in_a_headless_browser(s4_run, tmp_path):
     bad.write_bytes(b"not a video\n" * 100)
     port, log = free_port(), tmp_path / "app.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env["GRADIO_TEMP_DIR"] = str(tmp_path / "gradio")  # uploads of this run only, not a shared /tmp/gradio
     cmd = [
         sys.executable,
         "-m",
