@@ -67,11 +67,14 @@ def upload(page, box: str, path: Path, seen: list[str], log: Path) -> None:
     A second try covers an input set before the page's handlers were ready; a failure says what the page, its
     console and the app printed, since CI runs leave nothing else to read.
     """
+    # Visible and in this box: a hidden element with the name (an upload's progress line) must not be the one
+    # waited for.
+    shown = page.locator(box).get_by_text(path.name).filter(visible=True).first
     for timeout in (60_000, 120_000):
         try:
-            if not page.get_by_text(path.name).first.is_visible():  # a late first try needs no second
+            if not shown.is_visible():  # a late first try needs no second
                 page.locator(f"{box} input[type=file]").set_input_files(str(path), timeout=timeout)
-            page.get_by_text(path.name).first.wait_for(timeout=timeout)
+            shown.wait_for(timeout=timeout)
             return
         except Exception as e:  # playwright's TimeoutError; the second try or the message below
             err = e
