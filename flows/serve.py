@@ -15,12 +15,11 @@ its deployment carries every parameter, so a run with no parameters (what the sc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,46 +240,78 @@ def main(settings: ServeSettings) -> None:
     show = getattr(prefect.flows, "_display_serve_start_message", None)  # the table of served deployments
     if show is not None:
         show(*served)
-    with stop_deadline(signal.SIGINT), stop_deadline(signal.SIGTERM):
-        asyncio.run(runner.start())
+    serve_until_stopped(runner.start)
 
 
 STOP_S = 15.0  # how long ctrl-C / SIGTERM waits for the runner to pause its deployments and stop
 _STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
 
 
-@contextlib.contextmanager
-def stop_deadline(sig: signal.Signals) -> Iterator[None]:
-    """The signal does what it did (KeyboardInterrupt / the CLI's Terminated: the runner pauses its deployments
-    and stops), and the process ends with 128 + sig after STOP_S if that shutdown hangs: a Prefect runner's
-    shutdown can wait on a thread that never returns, and `av2t serve` must still end on ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+def serve_until_stopped(start: Callable[[], Awaitable[Any]]) -> None:
+    """Run start() until ctrl-C or SIGTERM, let it shut down, then do what the signal did before (the CLI turns
+    that into exit 130 / 143).
+
+    The signal cancels the main task once, as asyncio.run does for ctrl-C, so the Prefect runner's shutdown can
+    still pause its deployments through the server (a KeyboardInterrupt raised inside the loop cancels every task,
+    and the pause was then cut short, leaving the nightly's scheduled runs behind). A shutdown that hangs is cut
+    after STOP_S; a second signal ends the process at once.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        asyncio.run(start())
         return
-    before = signal.getsignal(sig)
+    got: list[signal.Signals] = []
+    timers: list[threading.Timer] = []
+    # a signal ignored before (SIGINT of a background job) stays ignored
+    sigs = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    before = {sig: signal.getsignal(sig) for sig in sigs}
 
-    def handler(signum: int, frame: Any) -> None:
-        signal.signal(signum, before)  # a second one does what the first did before, at once
-        timer = threading.Timer(STOP_S, _stop_now, (signum,))
-        timer.daemon = True
-        timer.start()
-        if callable(before):
-            before(signum, frame)
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        else:
-            os.kill(os.getpid(), signum)
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
 
-    signal.signal(sig, handler)
+        def on_signal(sig: signal.Signals) -> None:
+            if got:
+                _stop_now(sig, "a second signal: stopped without waiting for the Prefect runner")
+            got.append(sig)
+            timers.append(threading.Timer(STOP_S, _stop_now, (sig,)))
+            timers[-1].daemon = True
+            timers[-1].start()
+            task.cancel()
+
+        for sig in sigs:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await start()
+        except asyncio.CancelledError:
+            if not got:
+                raise
+        finally:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+
     try:
-        yield
+        asyncio.run(main())
     finally:
-        signal.signal(sig, before)
+        for sig in sigs:
+            signal.signal(sig, before[sig])
+        for t in timers:
+            t.cancel()
+    if got:
+        _resignal(got[0], before[got[0]])
 
 
-def _stop_now(signum: int) -> None:
+def _resignal(sig: signal.Signals, handler: Any) -> None:
+    """What the signal would have done without us: the CLI's handler, KeyboardInterrupt, or the default action."""
+    if callable(handler):
+        handler(sig, None)
+    if sig == signal.SIGINT:
+        raise KeyboardInterrupt
+    os.kill(os.getpid(), sig)
+
+
+def _stop_now(signum: int, why: str = "") -> None:
+    """End the process with 128 + signum, now, saying why (the CLI's words for that signal first)."""
     word = _STOP_WORDS.get(signal.Signals(signum), signal.Signals(signum).name)
-    print(
-        f"av2t: {word} (the Prefect runner did not stop within {STOP_S:.0f} s)", file=sys.stderr, flush=True
-    )
+    why = why or f"the Prefect runner did not stop within {STOP_S:.0f} s"
+    print(f"av2t: {word} ({why})", file=sys.stderr, flush=True)
     os._exit(128 + signum)

@@ -237,18 +237,38 @@ def test_serve_refuses_a_reports_folder_it_cannot_write(tmp_path, capsys):
     assert f"--reports {reports}" in line and "cannot write" in line
 
 
+def _api(url: str, path: str, body: dict) -> list:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{url}/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _scheduled_runs(url: str) -> list:
+    return _api(
+        url, "flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 50}
+    )
+
+
 @pytest.mark.slow
-def test_serve_exits_130_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "code", "words"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
+def test_serve_pauses_its_deployments_and_exits_on_ctrl_c_or_sigterm(sig, code, words, tmp_path):
     import signal
     import time
 
-    from prefect_server import _served, prefect_server
+    from prefect_server import SERVED, _served, nightly_folders, prefect_server
 
     with prefect_server(tmp_path / "home", serve=False) as env:
-        log = tmp_path / "serve.log"
+        url, log = env["PREFECT_API_URL"], tmp_path / "serve.log"
         with open(log, "w") as f:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "serve", "--no-nightly"],
+                [sys.executable, "-m", "flows.cli", "serve", *nightly_folders(tmp_path / "home")],
                 env=env,
                 cwd=str(REPO),
                 stdout=f,
@@ -256,29 +276,37 @@ def test_serve_exits_130_on_ctrl_c(tmp_path):
                 start_new_session=True,
             )
         try:
-            deadline = time.time() + 180
-            while not {"extract", "train", "on-demand"} <= _served(env["PREFECT_API_URL"]):
+            deadline = time.time() + 180  # served, and the server has scheduled the nightly's next runs
+            while not (set(SERVED) <= _served(url) and _scheduled_runs(url)):
                 assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
                 time.sleep(0.5)
-            os.killpg(proc.pid, signal.SIGINT)
-            assert proc.wait(timeout=60) == 130, log.read_text()[-2000:]
+            os.killpg(proc.pid, getattr(signal, sig))
+            assert proc.wait(timeout=60) == code, log.read_text()[-2000:]
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert "av2t: interrupted" in log.read_text()
+        text = log.read_text()
+        assert f"av2t: {words}" in text and "All deployments have been paused!" in text, text[-2000:]
+        # paused, so the server dropped the nightly's scheduled runs: no run waits for a runner that is gone
+        deployments = _api(url, "deployments/filter", {"limit": 50})
+        assert {d["name"] for d in deployments} == set(SERVED) and all(d["paused"] for d in deployments)
+        assert _scheduled_runs(url) == []
 
 
 HUNG_SHUTDOWN = """
-import sys, time
+import asyncio, time
 import flows.serve as serve
 serve.STOP_S = 1.0
-with serve.stop_deadline(serve.signal.SIGINT):
+
+async def start():
     print("ready", flush=True)
     try:
-        time.sleep(60)
-    except KeyboardInterrupt:
-        time.sleep(60)  # a shutdown that never ends (a runner waiting on a stuck thread)
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        await asyncio.to_thread(time.sleep, 60)  # a shutdown that never ends (a runner waiting on a stuck thread)
+
+serve.serve_until_stopped(start)
 """
 
 
@@ -300,6 +328,43 @@ def test_serve_ends_on_ctrl_c_even_when_the_runner_hangs():
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and time.monotonic() - t < 20, err
     assert "av2t: interrupted (the Prefect runner did not stop within 1 s)" in err
+
+
+CLEAN_SHUTDOWN = """
+import asyncio
+import flows.serve as serve
+
+async def start():
+    print("ready", flush=True)
+    try:
+        await asyncio.sleep(60)
+    finally:
+        for _ in range(3):  # the runner's shutdown still awaits (pausing its deployments over HTTP)
+            await asyncio.sleep(0.1)
+        print("paused", flush=True)
+
+try:
+    serve.serve_until_stopped(start)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+"""
+
+
+def test_serve_lets_the_runner_shut_down_then_raises_keyboardinterrupt():
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLEAN_SHUTDOWN],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.split() == ["paused", "KeyboardInterrupt"], (out, err)
 
 
 # -- 6. --overrides: validated against the encoders and their configs before any file is written
