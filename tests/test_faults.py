@@ -294,6 +294,25 @@ def test_serve_pauses_its_deployments_and_exits_on_ctrl_c_or_sigterm(sig, code, 
         assert _scheduled_runs(url) == []
 
 
+def _start_script(code: str) -> subprocess.Popen:
+    """python -c code with the repo importable, its output read as text."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _ready(proc: subprocess.Popen) -> subprocess.Popen:
+    """proc, once it printed its first line, "ready"."""
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.poll() is not None else ""
+    return proc
+
+
 HUNG_SHUTDOWN = """
 import asyncio, time
 import flows.serve as serve
@@ -314,15 +333,7 @@ def test_serve_ends_on_ctrl_c_even_when_the_runner_hangs():
     import signal
     import time
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HUNG_SHUTDOWN],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        cwd=str(REPO),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "ready"
+    proc = _ready(_start_script(HUNG_SHUTDOWN))
     t = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -353,15 +364,7 @@ except KeyboardInterrupt:
 def test_serve_lets_the_runner_shut_down_then_raises_keyboardinterrupt():
     import signal
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLEAN_SHUTDOWN],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        cwd=str(REPO),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "ready"
+    proc = _ready(_start_script(CLEAN_SHUTDOWN))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and out.split() == ["paused", "KeyboardInterrupt"], (out, err)
