@@ -260,7 +260,8 @@ def serve_until_stopped(start: Callable[[], Awaitable[Any]]) -> None:
         asyncio.run(start())
         return
     got: list[signal.Signals] = []
-    timers: list[threading.Timer] = []
+    deadline = threading.Timer(STOP_S, lambda: _stop_now(got[0]))  # started by the first signal
+    deadline.daemon = True
     # a signal ignored before (SIGINT of a background job) stays ignored
     sigs = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
     before = {sig: signal.getsignal(sig) for sig in sigs}
@@ -273,9 +274,7 @@ def serve_until_stopped(start: Callable[[], Awaitable[Any]]) -> None:
             if got:
                 _stop_now(sig, "a second signal: stopped without waiting for the Prefect runner")
             got.append(sig)
-            timers.append(threading.Timer(STOP_S, _stop_now, (sig,)))
-            timers[-1].daemon = True
-            timers[-1].start()
+            deadline.start()
             task.cancel()
 
         for sig in sigs:
@@ -294,8 +293,7 @@ def serve_until_stopped(start: Callable[[], Awaitable[Any]]) -> None:
     finally:
         for sig in sigs:
             signal.signal(sig, before[sig])
-        for t in timers:
-            t.cancel()
+        deadline.cancel()
     if got:
         _resignal(got[0], before[got[0]])
 
