@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (idempotent), lint, then run the tests. `.ci/run` calls exactly this (the whole suite).
-#   bash scripts/test.sh              the whole suite, then the 25 slowest tests (about 35 minutes on 2 cores:
+#   bash scripts/test.sh              the whole suite, then the 25 slowest tests (about 32 minutes on 2 cores:
 #                                     over the 15-minute goal, docs/benchmarks.md says where the time goes)
 #   bash scripts/test.sh --fast       the edit loop: all but the tests marked slow
 #   bash scripts/test.sh -k store     any other argument goes to pytest

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,13 +65,18 @@ def nightly_folders(home: Path) -> list[str]:
     ]
 
 
-def _served(url: str) -> set[str]:
+def post_json(url: str, path: str, body: dict, timeout: float = 10) -> Any:
+    """POST body to the server's API at url/path; the decoded answer."""
     request = urllib.request.Request(
-        f"{url}/deployments/filter", data=b'{"limit": 50}', headers={"Content-Type": "application/json"}
+        f"{url}/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _served(url: str) -> set[str]:
     try:
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return {d["name"] for d in json.loads(r.read())}
+        return {d["name"] for d in post_json(url, "deployments/filter", {"limit": 50}, timeout=5)}
     except OSError:
         return set()
 
@@ -169,13 +175,8 @@ def deployment_run(env: dict, name: str, params: dict, timeout: float = 600) -> 
 
 def server_logs(env: dict, limit: int = 60) -> str:
     """The server's newest log lines, of every run, oldest first: what a failed run's page shows."""
-    body = json.dumps({"limit": limit, "sort": "TIMESTAMP_DESC"}).encode()
-    req = urllib.request.Request(
-        env["PREFECT_API_URL"] + "/logs/filter", data=body, headers={"Content-Type": "application/json"}
-    )
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            logs = json.loads(r.read())
+        logs = post_json(env["PREFECT_API_URL"], "logs/filter", {"limit": limit, "sort": "TIMESTAMP_DESC"})
     except OSError as e:
         return f"(no logs: {e})"
     return "\n".join(f"{x['timestamp']} {x['level']} {x['name']}: {x['message']}" for x in reversed(logs))

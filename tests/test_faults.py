@@ -237,19 +237,10 @@ def test_serve_refuses_a_reports_folder_it_cannot_write(tmp_path, capsys):
     assert f"--reports {reports}" in line and "cannot write" in line
 
 
-def _api(url: str, path: str, body: dict) -> list:
-    import json
-    import urllib.request
-
-    req = urllib.request.Request(
-        f"{url}/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
 def _scheduled_runs(url: str) -> list:
-    return _api(
+    from prefect_server import post_json
+
+    return post_json(
         url, "flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 50}
     )
 
@@ -262,7 +253,7 @@ def test_serve_pauses_its_deployments_and_exits_on_ctrl_c_or_sigterm(sig, code, 
     import signal
     import time
 
-    from prefect_server import SERVED, _served, nightly_folders, prefect_server
+    from prefect_server import SERVED, _served, nightly_folders, post_json, prefect_server
 
     with prefect_server(tmp_path / "home", serve=False) as env:
         url, log = env["PREFECT_API_URL"], tmp_path / "serve.log"
@@ -289,7 +280,7 @@ def test_serve_pauses_its_deployments_and_exits_on_ctrl_c_or_sigterm(sig, code, 
         text = log.read_text()
         assert f"av2t: {words}" in text and "All deployments have been paused!" in text, text[-2000:]
         # paused, so the server dropped the nightly's scheduled runs: no run waits for a runner that is gone
-        deployments = _api(url, "deployments/filter", {"limit": 50})
+        deployments = post_json(url, "deployments/filter", {"limit": 50})
         assert {d["name"] for d in deployments} == set(SERVED) and all(d["paused"] for d in deployments)
         assert _scheduled_runs(url) == []
 
